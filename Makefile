@@ -1,0 +1,63 @@
+# Portcullis: `make run` serves the demo, `make test` runs every test. Both install what
+# a fresh Debian machine lacks first (`make deps`).
+
+CARGO ?= cargo
+PREFIX ?= /usr/local
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+RELEASE := target/release
+
+.PHONY: deps build run test lint bench load-test install fuzz clean
+
+deps:
+	@missing=""; \
+	command -v cmake >/dev/null 2>&1 || missing="$$missing cmake"; \
+	command -v cc >/dev/null 2>&1 || missing="$$missing build-essential"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(CARGO) build --release --bins
+
+# Starts four demo upstreams and the gateway in the foreground; Ctrl-C stops everything.
+run: build
+	@$(RELEASE)/portcullis -t -c conf/portcullis.yaml
+	@trap 'kill 0' INT TERM EXIT; \
+	$(RELEASE)/demo-upstream users-1=127.0.0.1:3001 users-2=127.0.0.1:3002 \
+		orders-1=127.0.0.1:3003 orders-2=127.0.0.1:3004 & \
+	sleep 0.5; \
+	echo "gateway on http://127.0.0.1:8080, admin on http://127.0.0.1:9090"; \
+	$(RELEASE)/portcullis -c conf/portcullis.yaml
+
+test: deps
+	$(CARGO) build --bins
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --no-fail-fast; \
+	else \
+		$(CARGO) test --no-fail-fast; \
+	fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+bench: deps
+	$(CARGO) bench --bench hot_paths
+	./load-tests/bench.sh
+
+load-test: build
+	./load-tests/run-k6.sh smoke.js
+
+install: build
+	$(SUDO) install -D -m 0755 $(RELEASE)/portcullis $(PREFIX)/bin/portcullis
+	$(SUDO) install -d -m 0755 /etc/portcullis
+	@[ -f /etc/portcullis/portcullis.yaml ] || $(SUDO) install -m 0644 conf/portcullis.yaml /etc/portcullis/portcullis.yaml
+	@[ -f /etc/portcullis/pingora.yaml ] || $(SUDO) install -m 0644 conf/pingora.yaml /etc/portcullis/pingora.yaml
+	$(SUDO) install -D -m 0644 conf/portcullis.service /etc/systemd/system/portcullis.service
+	@id portcullis >/dev/null 2>&1 || $(SUDO) useradd --system --no-create-home --shell /usr/sbin/nologin portcullis
+	-$(SUDO) systemctl daemon-reload
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,249 @@
+//! The admin listener: `/healthz`, `/readyz`, and the token-protected `/admin/` API.
+//! A separate Pingora service, loopback by default, apart from client traffic.
+
+use crate::runtime::Runtime;
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub struct AdminApp {
+    pub runtime: Arc<Runtime>,
+}
+
+fn reply(status: StatusCode, body: Value) -> Response<Vec<u8>> {
+    let bytes = serde_json::to_vec_pretty(&body).unwrap_or_default();
+    let mut r = Response::new(bytes);
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<Vec<u8>> {
+    reply(status, json!({ "error": code, "message": message.into() }))
+}
+
+/// Reload, logging the outcome. Returns the outcome for the caller to report.
+pub async fn reload_and_log(rt: &Runtime) -> Result<crate::runtime::ReloadOutcome, Vec<crate::config::ConfigError>> {
+    let r = rt.reload().await;
+    match &r {
+        Ok(o) => log::info!(
+            "config reloaded: generation {}, {} routes, {:.1} ms",
+            o.generation, o.routes, o.millis
+        ),
+        Err(errs) => {
+            for e in errs {
+                log::error!("config reload rejected, keeping generation {}: {e}", rt.generation());
+            }
+        }
+    }
+    r
+}
+
+/// Constant-time check of `Authorization: Bearer <token>` against the configured digest.
+fn authorized(session: &ServerSession, digest_hex: &str) -> bool {
+    let Some(h) = session.get_header(http::header::AUTHORIZATION) else { return false };
+    let Ok(s) = h.to_str() else { return false };
+    let Some(token) = s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer ")) else {
+        return false;
+    };
+    let Ok(want) = hex::decode(digest_hex) else { return false };
+    let got = Sha256::digest(token.trim().as_bytes());
+    subtle::ConstantTimeEq::ct_eq(got.as_slice(), want.as_slice()).into()
+}
+
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(b)) => {
+                out.extend_from_slice(&b);
+                if out.len() > 1 << 20 {
+                    return Err("request body over 1 MiB".into());
+                }
+            }
+            Ok(None) => return Ok(out),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+impl AdminApp {
+    fn status(&self) -> Value {
+        let snap = self.runtime.snapshot();
+        let upstreams: serde_json::Map<String, Value> = snap
+            .upstreams
+            .iter()
+            .map(|(name, u)| {
+                let backends: Vec<Value> = u
+                    .backend_status()
+                    .into_iter()
+                    .map(|(addr, weight, healthy, st)| {
+                        json!({
+                            "addr": addr.to_string(),
+                            "weight": weight,
+                            "healthy": healthy,
+                            "in_flight": st.as_ref().map(|s| s.in_flight.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0),
+                            "requests": st.as_ref().map(|s| s.requests.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0),
+                        })
+                    })
+                    .collect();
+                (name.clone(), json!({ "lb": format!("{:?}", u.config.lb), "backends": backends }))
+            })
+            .collect();
+        let routes: Vec<Value> = snap.routes.iter().map(|r| json!(r.name.as_ref())).collect();
+        json!({
+            "generation": snap.generation,
+            "uptime_seconds": self.runtime.started.elapsed().as_secs(),
+            "routes": routes,
+            "upstreams": upstreams,
+        })
+    }
+
+    fn readyz(&self) -> Response<Vec<u8>> {
+        let snap = self.runtime.snapshot();
+        let mut ready = true;
+        let detail: serde_json::Map<String, Value> = snap
+            .upstreams
+            .iter()
+            .map(|(name, u)| {
+                let healthy = u.healthy_count();
+                if healthy == 0 {
+                    ready = false;
+                }
+                (name.clone(), json!({ "healthy_backends": healthy, "ready": healthy > 0 }))
+            })
+            .collect();
+        let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        reply(status, json!({ "ready": ready, "generation": snap.generation, "upstreams": detail }))
+    }
+
+    async fn backends(&self, session: &mut ServerSession, method: &Method, rest: &str) -> Response<Vec<u8>> {
+        // rest: "{name}/backends", "{name}/backends/{addr}", "{name}/backends/{addr}/heartbeat"
+        let parts: Vec<&str> = rest.split('/').collect();
+        let snap = self.runtime.snapshot();
+        let Some(up) = parts.first().and_then(|n| snap.upstreams.get(*n)).cloned() else {
+            return error(StatusCode::NOT_FOUND, "not_found", "unknown upstream");
+        };
+        let parse_addr = |s: &str| -> Result<SocketAddr, Response<Vec<u8>>> {
+            s.parse()
+                .map_err(|_| error(StatusCode::BAD_REQUEST, "bad_request", format!("`{s}` is not an ip:port address")))
+        };
+        match (method, parts.as_slice()) {
+            (&Method::POST, [_, "backends"]) => {
+                let body = match read_body(session).await {
+                    Ok(b) => b,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e),
+                };
+                let v: Value = match serde_json::from_slice(&body) {
+                    Ok(v) => v,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON: {e}")),
+                };
+                let Some(addr) = v.get("addr").and_then(|a| a.as_str()) else {
+                    return error(StatusCode::BAD_REQUEST, "bad_request", "`addr` is required");
+                };
+                let addr = match parse_addr(addr) {
+                    Ok(a) => a,
+                    Err(r) => return r,
+                };
+                let weight = match v.get("weight") {
+                    None => 1,
+                    Some(w) => match w.as_u64() {
+                        Some(w) if (1..=65535).contains(&w) => w as u32,
+                        _ => return error(StatusCode::BAD_REQUEST, "bad_request", "`weight` must be 1..65535"),
+                    },
+                };
+                let ttl = match v.get("ttl") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(s)) => match crate::config::units::parse_duration(s) {
+                        Ok(d) if !d.is_zero() => Some(d),
+                        _ => return error(StatusCode::BAD_REQUEST, "bad_request", "`ttl` must be a duration such as `30s`"),
+                    },
+                    Some(_) => return error(StatusCode::BAD_REQUEST, "bad_request", "`ttl` must be a string such as `30s`"),
+                };
+                up.membership.register(addr, weight, ttl);
+                up.refresh().await;
+                log::info!("upstream `{}`: registered {addr} (weight {weight})", up.name);
+                reply(StatusCode::CREATED, json!({ "upstream": up.name.as_ref(), "addr": addr.to_string(), "weight": weight }))
+            }
+            (&Method::PUT, [_, "backends", addr, "heartbeat"]) => {
+                let addr = match parse_addr(addr) {
+                    Ok(a) => a,
+                    Err(r) => return r,
+                };
+                if up.membership.heartbeat(addr) {
+                    reply(StatusCode::OK, json!({ "renewed": addr.to_string() }))
+                } else {
+                    error(StatusCode::NOT_FOUND, "not_found", "that backend is not registered")
+                }
+            }
+            (&Method::DELETE, [_, "backends", addr]) => {
+                let addr = match parse_addr(addr) {
+                    Ok(a) => a,
+                    Err(r) => return r,
+                };
+                if up.membership.deregister(addr) {
+                    up.refresh().await;
+                    log::info!("upstream `{}`: removed {addr} from rotation", up.name);
+                    reply(StatusCode::OK, json!({ "removed": addr.to_string() }))
+                } else {
+                    error(StatusCode::NOT_FOUND, "not_found", "no such backend")
+                }
+            }
+            _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+        }
+    }
+
+    async fn admin(&self, session: &mut ServerSession, method: &Method, path: &str) -> Response<Vec<u8>> {
+        let snap = self.runtime.snapshot();
+        let Some(digest) = snap.config.server.admin.as_ref().and_then(|a| a.token_sha256.clone()) else {
+            return error(StatusCode::NOT_FOUND, "admin_disabled", "the admin API is disabled: set server.admin.token_sha256");
+        };
+        drop(snap);
+        if !authorized(session, &digest) {
+            let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid admin bearer token is required");
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
+            );
+            return r;
+        }
+        match (method, path) {
+            (&Method::GET, "/admin/status") => reply(StatusCode::OK, self.status()),
+            (&Method::POST, "/admin/reload") => match reload_and_log(&self.runtime).await {
+                Ok(o) => reply(StatusCode::OK, json!({ "generation": o.generation, "routes": o.routes, "millis": o.millis })),
+                Err(errs) => {
+                    let list: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+                    reply(
+                        StatusCode::BAD_REQUEST,
+                        json!({ "error": "invalid_config", "message": "the config was rejected; the running one stays", "errors": list }),
+                    )
+                }
+            },
+            (_, p) if p.starts_with("/admin/upstreams/") => {
+                let rest = p.trim_start_matches("/admin/upstreams/").to_string();
+                self.backends(session, method, &rest).await
+            }
+            _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        match (&method, path.as_str()) {
+            (&Method::GET, "/healthz") => reply(StatusCode::OK, json!({ "status": "ok" })),
+            (&Method::GET, "/readyz") => self.readyz(),
+            (_, p) if p.starts_with("/admin/") => self.admin(session, &method, p).await,
+            _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Portcullis: an edge proxy and API gateway on Cloudflare's Pingora.
+//!
+//! Data flows one way: config file → model → validation → compiled [`snapshot::Snapshot`]
+//! → request path ([`proxy::Gateway`]).
+
+pub mod admin;
+pub mod config;
+pub mod observe;
+pub mod proxy;
+pub mod routing;
+pub mod runtime;
+pub mod server;
+pub mod snapshot;
+pub mod supervisor;
+pub mod upstream;
+
+/// A new API key (256 random bits, URL-safe base64) and the config line holding its hash.
+pub fn keygen(id: &str) -> (String, String) {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let bytes: [u8; 32] = rand::random();
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let digest = hex::encode(Sha256::digest(key.as_bytes()));
+    let line = format!("- {{ id: {id}, sha256: \"{digest}\" }}");
+    (key, line)
+}

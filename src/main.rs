@@ -1,0 +1,83 @@
+use clap::{Parser, Subcommand};
+use portcullis::runtime::Runtime;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Portcullis: an edge proxy and API gateway on Pingora.
+#[derive(Parser, Debug)]
+#[command(name = "portcullis", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The gateway config (routes, upstreams, auth, limits).
+    #[arg(short = 'c', long = "config", default_value = "conf/portcullis.yaml")]
+    config: PathBuf,
+    /// Validate the config and exit: 0 if valid, 1 with every error otherwise.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    /// Pingora's server conf (threads, pid_file, upgrade_sock, grace periods...).
+    #[arg(long = "server-conf")]
+    server_conf: Option<String>,
+    /// Run in the background.
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Take over the listening sockets of a running instance (graceful upgrade).
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a new random API key and the config line with its SHA-256.
+    Keygen {
+        /// The key's id (used in logs, metrics and rate limits).
+        #[arg(long)]
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    if let Some(Command::Keygen { id }) = cli.command {
+        let (key, line) = portcullis::keygen(&id);
+        println!("key:  {key}");
+        println!("yaml: {line}");
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match Runtime::load(cli.config.clone()) {
+        Ok(rt) => rt,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{}: {} error(s), not started", cli.config.display(), errors.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.test {
+        let snap = runtime.snapshot();
+        println!(
+            "{}: ok ({} routes, {} upstreams)",
+            cli.config.display(),
+            snap.routes.len(),
+            snap.upstreams.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let opts = portcullis::server::Options {
+        server_conf: cli.server_conf,
+        daemon: cli.daemon,
+        upgrade: cli.upgrade,
+    };
+    match portcullis::server::run(runtime, opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

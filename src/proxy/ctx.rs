@@ -1,0 +1,59 @@
+//! Per-request state carried through the phases.
+
+use super::respond::Reject;
+use crate::snapshot::Snapshot;
+use crate::upstream::{InFlight, Upstream};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Ctx {
+    pub start: Instant,
+    pub request_id: String,
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// Index into `snapshot.routes`.
+    pub route: Option<usize>,
+    /// A response decided before proxying (404, 405, 400, ...), written in `request_filter`.
+    pub reject: Option<Reject>,
+    /// The path (and query) to send upstream, when it differs from the request's.
+    pub forward_uri: Option<String>,
+    pub client_ip: Option<IpAddr>,
+    pub peer_ip: Option<IpAddr>,
+    pub peer_trusted: bool,
+    pub tls: bool,
+    pub upstream: Option<Arc<Upstream>>,
+    pub backend: Option<InFlight>,
+    /// Backends already tried for this request.
+    pub tried: Vec<SocketAddr>,
+    pub retries: u32,
+    pub deadline: Option<Instant>,
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Ctx {
+            start: Instant::now(),
+            request_id: String::new(),
+            snapshot: None,
+            route: None,
+            reject: None,
+            forward_uri: None,
+            client_ip: None,
+            peer_ip: None,
+            peer_trusted: false,
+            tls: false,
+            upstream: None,
+            backend: None,
+            tried: Vec::new(),
+            retries: 0,
+            deadline: None,
+        }
+    }
+}
+
+impl Ctx {
+    pub fn route(&self) -> Option<&crate::snapshot::Route> {
+        let s = self.snapshot.as_ref()?;
+        s.routes.get(self.route?)
+    }
+}

@@ -1,0 +1,305 @@
+//! The one `ProxyHttp` implementation. Each phase reads like the request flow in the
+//! design notes and delegates to the modules that do the work.
+
+pub mod ctx;
+pub mod forwarded;
+pub mod respond;
+
+use crate::observe::request_id;
+use crate::routing::{self, path, Lookup};
+use crate::runtime::Runtime;
+use crate::upstream::{HashKey, InFlight};
+use async_trait::async_trait;
+use ctx::Ctx;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use respond::Reject;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Gateway {
+    pub runtime: Arc<Runtime>,
+}
+
+impl Gateway {
+    pub fn new(runtime: Arc<Runtime>) -> Gateway {
+        Gateway { runtime }
+    }
+}
+
+/// Route the request: normalise the path, match host + path + method, compute the
+/// forwarded URI. Any problem becomes `ctx.reject`.
+fn route_request(session: &Session, ctx: &mut Ctx) {
+    let Some(snap) = ctx.snapshot.clone() else { return };
+    let req = session.req_header();
+    let raw_path = req.uri.path();
+    let normalized = match path::normalize(raw_path) {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.reject = Some(Reject::new(400, "bad_request", e.message()));
+            return;
+        }
+    };
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let host = routing::host_only(host);
+    let segs = routing::segments(&normalized);
+    match snap.router.lookup(&host, &segs, &req.method, &req.headers) {
+        Lookup::Found(i) => {
+            ctx.route = Some(i);
+            let route = &snap.routes[i];
+            let new_path: Option<String> = if let Some(rw) = &route.rewrite {
+                Some(rw.apply(&segs))
+            } else if let Some(prefix) = &route.strip_prefix {
+                routing::pattern::strip_prefix(&normalized, prefix).map(str::to_string)
+            } else if let std::borrow::Cow::Owned(p) = &normalized {
+                Some(p.clone())
+            } else {
+                None
+            };
+            if let Some(p) = new_path {
+                let mut uri = p;
+                if let Some(q) = req.uri.query() {
+                    uri.push('?');
+                    uri.push_str(q);
+                }
+                ctx.forward_uri = Some(uri);
+            }
+        }
+        Lookup::MethodNotAllowed(m) => {
+            ctx.reject = Some(
+                Reject::new(
+                    405,
+                    "method_not_allowed",
+                    format!("{} is not allowed here", req.method),
+                )
+                .header("allow", m.allow_header()),
+            );
+        }
+        Lookup::NotFound => {
+            ctx.reject = Some(Reject::new(404, "not_found", "no route matches this request"));
+        }
+    }
+}
+
+fn hash_key(session: &Session, ctx: &Ctx, key: &HashKey) -> Vec<u8> {
+    let req = session.req_header();
+    match key {
+        HashKey::ClientIp => match ctx.client_ip {
+            Some(std::net::IpAddr::V4(a)) => a.octets().to_vec(),
+            Some(std::net::IpAddr::V6(a)) => a.octets().to_vec(),
+            None => Vec::new(),
+        },
+        HashKey::Path => req.uri.path().as_bytes().to_vec(),
+        HashKey::Header(h) => req
+            .headers
+            .get(h)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+        HashKey::Cookie(name) => {
+            for v in req.headers.get_all(http::header::COOKIE) {
+                let Ok(s) = v.to_str() else { continue };
+                for pair in s.split(';') {
+                    if let Some((k, val)) = pair.trim().split_once('=') {
+                        if k == name {
+                            return val.as_bytes().to_vec();
+                        }
+                    }
+                }
+            }
+            Vec::new()
+        }
+    }
+}
+
+/// Status and error code for a proxying failure.
+fn classify(e: &Error) -> (u16, &'static str, &'static str) {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => (*code, "error", "the request failed"),
+        ErrorType::ConnectTimedout
+        | ErrorType::ReadTimedout
+        | ErrorType::WriteTimedout
+        | ErrorType::TLSHandshakeTimedout => (504, "gateway_timeout", "the upstream did not answer in time"),
+        _ => match e.esource() {
+            ErrorSource::Upstream => (502, "bad_gateway", "the upstream could not be reached or failed"),
+            ErrorSource::Downstream => (400, "bad_request", "the request could not be read"),
+            _ => (500, "internal_error", "the gateway failed to handle the request"),
+        },
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        ctx.start = Instant::now();
+        let incoming = session.req_header().headers.get("x-request-id");
+        ctx.request_id = match incoming {
+            Some(v) if request_id::is_valid(v.as_bytes()) => v.to_str().unwrap_or_default().to_string(),
+            _ => request_id::generate(),
+        };
+        let snap = self.runtime.snapshot();
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let (client, trusted) = forwarded::client_ip(&snap, peer, session.req_header());
+            ctx.peer_ip = Some(peer);
+            ctx.client_ip = Some(client);
+            ctx.peer_trusted = trusted;
+        }
+        ctx.snapshot = Some(snap);
+        route_request(session, ctx);
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(reject) = ctx.reject.take() {
+            let close = reject.status == 400;
+            respond::send(session, &ctx.request_id, &reject, close).await?;
+            ctx.reject = Some(reject);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let upstream = match &ctx.upstream {
+            Some(u) => u.clone(),
+            None => {
+                let Some(route) = ctx.route() else {
+                    return Error::e_explain(ErrorType::InternalError, "no route in upstream_peer");
+                };
+                let u = route.target.pick(rand::random::<u32>()).clone();
+                ctx.deadline = Some(ctx.start + u.config.timeouts.total.get());
+                ctx.upstream = Some(u.clone());
+                u
+            }
+        };
+        let remaining = ctx
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(upstream.config.timeouts.read.get());
+        if remaining.is_zero() {
+            ctx.reject = Some(Reject::new(504, "gateway_timeout", "the request ran out of time"));
+            return Error::e_explain(ErrorType::HTTPStatus(504), "total timeout");
+        }
+        let key = match upstream.hash_key {
+            HashKey::ClientIp if !matches!(upstream.config.lb, crate::config::LbKind::ConsistentHash) => Vec::new(),
+            ref k => hash_key(session, ctx, k),
+        };
+        let Some(state) = upstream.select(&key, &ctx.tried) else {
+            let reject = if ctx.tried.is_empty() {
+                Reject::new(503, "no_healthy_backend", format!("upstream `{}` has no healthy backend", upstream.name))
+                    .header("retry-after", "1")
+            } else {
+                Reject::new(502, "bad_gateway", format!("no backend of upstream `{}` could be reached", upstream.name))
+            };
+            let status = reject.status;
+            ctx.reject = Some(reject);
+            return Error::e_explain(ErrorType::HTTPStatus(status), "no backend available");
+        };
+        ctx.tried.push(state.addr);
+        let peer = state.peer(remaining);
+        ctx.backend = Some(InFlight::new(state));
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        // A connection that was never made is safe to try elsewhere, whatever the method.
+        if let Some(u) = &ctx.upstream {
+            let others = u.healthy_count().saturating_sub(ctx.tried.len());
+            if others > 0 && ctx.retries < 2 {
+                ctx.retries += 1;
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        forwarded::apply(upstream_request, ctx.peer_ip, ctx.client_ip, ctx.peer_trusted, ctx.tls)?;
+        upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(uri) = &ctx.forward_uri {
+            match uri.parse::<http::Uri>() {
+                Ok(u) => upstream_request.set_uri(u),
+                Err(_) => return Error::e_explain(ErrorType::HTTPStatus(400), "rewritten path is not a valid URI"),
+            }
+        }
+        if let Some(route) = ctx.route() {
+            if !route.preserve_host {
+                if let Some(b) = &ctx.backend {
+                    upstream_request.insert_header("host", b.0.addr.to_string())?;
+                }
+            }
+            let ops = &route.request_headers;
+            if !ops.is_empty() {
+                for n in &ops.remove {
+                    upstream_request.remove_header(n);
+                }
+                for (n, v) in &ops.set {
+                    upstream_request.insert_header(n.clone(), v.clone())?;
+                }
+                for (n, v) in &ops.add {
+                    upstream_request.append_header(n.clone(), v.clone())?;
+                }
+            }
+        }
+        let _ = session;
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(route) = ctx.route() {
+            let ops = &route.response_headers;
+            if !ops.is_empty() {
+                for n in &ops.remove {
+                    resp.remove_header(n);
+                }
+                for (n, v) in &ops.set {
+                    resp.insert_header(n.clone(), v.clone())?;
+                }
+                for (n, v) in &ops.add {
+                    resp.append_header(n.clone(), v.clone())?;
+                }
+            }
+        }
+        if ctx.retries > 0 {
+            resp.insert_header("x-retry-count", ctx.retries.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let reject = ctx.reject.take().unwrap_or_else(|| {
+            let (status, code, message) = classify(e);
+            Reject::new(status, code, message)
+        });
+        let status = reject.status;
+        let downstream_dead = matches!(e.esource(), ErrorSource::Downstream)
+            && matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed);
+        let mut written = 0;
+        if !downstream_dead && session.response_written().is_none() {
+            if let Err(err) = respond::send(session, &ctx.request_id, &reject, true).await {
+                log::debug!("could not send error response: {err}");
+            } else {
+                written = status;
+            }
+        }
+        ctx.reject = Some(reject);
+        FailToProxy {
+            error_code: written,
+            can_reuse_downstream: false,
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The one writer of gateway-made responses: every error is JSON of one shape,
+//! `{"error": code, "message": text, "request_id": id}`, and carries `X-Request-Id`.
+
+use bytes::Bytes;
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+/// A response the gateway answers itself instead of proxying.
+#[derive(Debug, Clone)]
+pub struct Reject {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reject {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Reject {
+        Reject {
+            status,
+            code,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reject {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+pub fn error_body(code: &str, message: &str, request_id: &str) -> Vec<u8> {
+    let v = serde_json::json!({ "error": code, "message": message, "request_id": request_id });
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// Write `reject` as the whole response. `close` drops the connection afterwards.
+pub async fn send(session: &mut Session, request_id: &str, reject: &Reject, close: bool) -> Result<()> {
+    let body = error_body(reject.code, &reject.message, request_id);
+    let mut resp = ResponseHeader::build(reject.status, Some(6 + reject.headers.len()))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    resp.insert_header("x-request-id", request_id)?;
+    for (k, v) in &reject.headers {
+        resp.insert_header(*k, v.as_str())?;
+    }
+    if close {
+        session.set_keepalive(None);
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(resp), head_only).await?;
+    if !head_only {
+        session.write_response_body(Some(Bytes::from(body)), true).await?;
+    }
+    Ok(())
+}

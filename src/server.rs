@@ -1,0 +1,85 @@
+//! Assembles the Pingora server: the proxy service on the configured listeners, the admin
+//! service, and the background supervisor.
+
+use crate::admin::AdminApp;
+use crate::proxy::Gateway;
+use crate::runtime::Runtime;
+use crate::supervisor::Supervisor;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use std::sync::Arc;
+
+pub struct Options {
+    pub server_conf: Option<String>,
+    pub daemon: bool,
+    pub upgrade: bool,
+}
+
+fn server_conf(opts: &Options, opt: &Opt) -> Result<ServerConf, String> {
+    match &opts.server_conf {
+        Some(path) => {
+            let mut conf = ServerConf::load_from_yaml(path)
+                .map_err(|e| format!("{path}: cannot load the server conf: {e}"))?;
+            conf.merge_with_opt(opt);
+            Ok(conf)
+        }
+        None => {
+            let mut conf = ServerConf::default();
+            conf.threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            conf.merge_with_opt(opt);
+            Ok(conf)
+        }
+    }
+}
+
+/// Start serving; returns only on a start-up error.
+pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        nocapture: false,
+        test: false,
+        conf: opts.server_conf.clone(),
+    };
+    let conf = server_conf(&opts, &opt)?;
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let snap = runtime.snapshot();
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(runtime.clone()),
+        "portcullis proxy",
+    );
+    for addr in &snap.config.server.listen {
+        proxy.add_tcp(addr);
+    }
+    server.add_service(proxy);
+
+    if let Some(admin) = &snap.config.server.admin {
+        let mut svc = Service::new(
+            "portcullis admin".to_string(),
+            AdminApp {
+                runtime: runtime.clone(),
+            },
+        );
+        svc.add_tcp(&admin.listen);
+        server.add_service(svc);
+    }
+
+    server.add_service(background_service(
+        "portcullis supervisor",
+        Supervisor {
+            runtime: runtime.clone(),
+        },
+    ));
+    drop(snap);
+    log::info!(
+        "portcullis starting: config {} (generation {})",
+        runtime.config_path.display(),
+        runtime.generation()
+    );
+    server.run_forever()
+}

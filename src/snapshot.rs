@@ -1,0 +1,385 @@
+//! The compiled, immutable runtime view of one config generation. A reload builds a new
+//! snapshot off the request path and swaps it in; requests keep the one they started with.
+
+use crate::config::{Config, HeaderOps, Problems, Source};
+use crate::routing::{HostPattern, Methods, PathPattern, Rewrite, RouteSpec, Router, Segment};
+use crate::upstream::Upstream;
+use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub struct Snapshot {
+    pub generation: u64,
+    pub router: Router,
+    pub routes: Vec<Route>,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub config: Config,
+}
+
+pub enum Target {
+    Single(Arc<Upstream>),
+    /// Weighted split: (upstream, cumulative weight), total.
+    Split(Vec<(Arc<Upstream>, u32)>, u32),
+}
+
+impl Target {
+    /// Pick the upstream for one request (`roll` is uniform in 0..u32::MAX).
+    pub fn pick(&self, roll: u32) -> &Arc<Upstream> {
+        match self {
+            Target::Single(u) => u,
+            Target::Split(list, total) => {
+                let r = roll % (*total).max(1);
+                for (u, cum) in list {
+                    if r < *cum {
+                        return u;
+                    }
+                }
+                // unreachable with a positive total; the last entry is the safe answer
+                &list[list.len() - 1].0
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct CompiledHeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl CompiledHeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub pattern: PathPattern,
+    pub target: Target,
+    pub strip_prefix: Option<String>,
+    pub rewrite: Option<Rewrite>,
+    pub request_headers: CompiledHeaderOps,
+    pub response_headers: CompiledHeaderOps,
+    pub idempotent: bool,
+    pub preserve_host: bool,
+}
+
+impl Snapshot {
+    pub fn is_trusted_proxy(&self, ip: &IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(ip))
+    }
+}
+
+fn compile_header_ops(ops: &HeaderOps, path: &str, p: &mut Problems) -> CompiledHeaderOps {
+    let mut out = CompiledHeaderOps::default();
+    let mut pair = |k: &str, v: &str, kind: &str| -> Option<(HeaderName, HeaderValue)> {
+        let name = match HeaderName::from_bytes(k.as_bytes()) {
+            Ok(n) => n,
+            Err(_) => {
+                p.push(format!("{path}.{kind}.{k}"), format!("`{k}` is not a valid header name"));
+                return None;
+            }
+        };
+        match HeaderValue::from_str(v) {
+            Ok(val) => Some((name, val)),
+            Err(_) => {
+                p.push(format!("{path}.{kind}.{k}"), "the value is not a valid header value");
+                None
+            }
+        }
+    };
+    for (k, v) in &ops.set {
+        if let Some(x) = pair(k, v, "set") {
+            out.set.push(x);
+        }
+    }
+    for (k, v) in &ops.add {
+        if let Some(x) = pair(k, v, "add") {
+            out.add.push(x);
+        }
+    }
+    for (i, k) in ops.remove.iter().enumerate() {
+        match HeaderName::from_bytes(k.as_bytes()) {
+            Ok(n) => out.remove.push(n),
+            Err(_) => p.push(format!("{path}.remove[{i}]"), format!("`{k}` is not a valid header name")),
+        }
+    }
+    out
+}
+
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Ok(n.trunc());
+    }
+    s.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))
+}
+
+pub(crate) fn parse_nets(list: &[String], path: &str, p: &mut Problems) -> Vec<IpNet> {
+    let mut out = Vec::with_capacity(list.len());
+    for (i, s) in list.iter().enumerate() {
+        match parse_net(s) {
+            Ok(n) => out.push(n),
+            Err(e) => p.push(format!("{path}[{i}]"), e),
+        }
+    }
+    out
+}
+
+/// Build a snapshot from a parsed config. Upstreams whose config did not change are
+/// carried over from `prev` with their state (health, registrations, counters).
+pub fn build(src: &Source, prev: Option<&Snapshot>, generation: u64) -> Result<Snapshot, Vec<crate::config::ConfigError>> {
+    let cfg = &src.config;
+    let mut p = Problems::new(&src.file, &src.index);
+
+    // server
+    if cfg.server.listen.is_empty() {
+        p.push("server.listen", "at least one listen address is needed");
+    }
+    for (i, l) in cfg.server.listen.iter().enumerate() {
+        if l.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!("server.listen[{i}]"), format!("`{l}` is not an `ip:port` address"));
+        }
+    }
+    if let Some(admin) = &cfg.server.admin {
+        if admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push("server.admin.listen", format!("`{}` is not an `ip:port` address", admin.listen));
+        }
+        if let Some(t) = &admin.token_sha256 {
+            if t.len() != 64 || hex::decode(t).is_err() {
+                p.push("server.admin.token_sha256", "must be 64 hex characters (a SHA-256 digest)");
+            }
+        }
+    }
+    let trusted_proxies = parse_nets(&cfg.server.trusted_proxies, "server.trusted_proxies", &mut p);
+    if cfg.server.limits.max_header_bytes.0 < 1024 {
+        p.push("server.limits.max_header_bytes", "must be at least 1KiB");
+    }
+
+    // upstreams
+    let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
+    for (name, ucfg) in &cfg.upstreams {
+        let base = format!("upstreams.{name}");
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+            p.push(&base, format!("upstream name `{name}` may only use letters, digits, `-`, `_` and `.`"));
+            continue;
+        }
+        if let Some(old) = prev.and_then(|s| s.upstreams.get(name)) {
+            if old.config == *ucfg {
+                upstreams.insert(name.clone(), old.clone());
+                continue;
+            }
+        }
+        match Upstream::build(name, ucfg) {
+            Ok(u) => {
+                if let Some(old) = prev.and_then(|s| s.upstreams.get(name)) {
+                    u.membership.adopt(&old.membership);
+                }
+                upstreams.insert(name.clone(), Arc::new(u));
+            }
+            Err(errs) => {
+                for (k, m) in errs {
+                    p.push(format!("{base}.{k}"), m);
+                }
+            }
+        }
+    }
+
+    // routes
+    let mut specs = Vec::with_capacity(cfg.routes.len());
+    let mut routes = Vec::with_capacity(cfg.routes.len());
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut seen: HashMap<String, Vec<(usize, Methods)>> = HashMap::new();
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let base = format!("routes[{i}]");
+        let before = p.errors.len();
+        let host = match r.matcher.host.as_deref().map(HostPattern::parse).transpose() {
+            Ok(h) => h,
+            Err(e) => {
+                p.push(format!("{base}.match.host"), e);
+                None
+            }
+        };
+        let pattern = match PathPattern::parse(&r.matcher.path) {
+            Ok(pt) => Some(pt),
+            Err(e) => {
+                p.push(format!("{base}.match.path"), e);
+                None
+            }
+        };
+        let methods = match &r.matcher.methods {
+            None => Methods::ANY,
+            Some(list) if list.is_empty() => {
+                p.push(format!("{base}.match.methods"), "an empty method list can never match");
+                Methods::ANY
+            }
+            Some(list) => Methods::parse(list).unwrap_or_else(|e| {
+                p.push(format!("{base}.match.methods"), e);
+                Methods::ANY
+            }),
+        };
+        let mut headers = Vec::new();
+        for (k, v) in &r.matcher.headers {
+            match HeaderName::from_bytes(k.as_bytes()) {
+                Ok(n) => headers.push((n, v.as_bytes().to_vec())),
+                Err(_) => p.push(format!("{base}.match.headers.{k}"), format!("`{k}` is not a valid header name")),
+            }
+        }
+        let name = r.name.clone().unwrap_or_else(|| {
+            format!("{}{}", r.matcher.host.as_deref().unwrap_or(""), r.matcher.path)
+        });
+        if r.name.is_some() {
+            if let Some(j) = names.insert(name.clone(), i) {
+                p.push(format!("{base}.name"), format!("route name `{name}` is also used by routes[{j}]"));
+            }
+        }
+
+        // target
+        let resolve = |n: &str, path: String, p: &mut Problems| match upstreams.get(n) {
+            Some(u) => Some(u.clone()),
+            None => {
+                if !cfg.upstreams.contains_key(n) {
+                    p.push(path, format!("unknown upstream `{n}`"));
+                }
+                None
+            }
+        };
+        let target = match (&r.upstream, &r.split) {
+            (Some(u), None) => resolve(u, format!("{base}.upstream"), &mut p).map(Target::Single),
+            (None, Some(split)) => {
+                let mut list = Vec::new();
+                let mut total = 0u32;
+                for (k, s) in split.iter().enumerate() {
+                    if let Some(u) = resolve(&s.upstream, format!("{base}.split[{k}].upstream"), &mut p) {
+                        total = total.saturating_add(s.weight);
+                        if s.weight > 0 {
+                            list.push((u, total));
+                        }
+                    }
+                }
+                if split.is_empty() || (total == 0 && list.len() == split.len()) {
+                    p.push(format!("{base}.split"), "the total weight of the split is 0");
+                    None
+                } else if list.is_empty() {
+                    None
+                } else {
+                    Some(Target::Split(list, total))
+                }
+            }
+            (Some(_), Some(_)) => {
+                p.push(&base, "give either `upstream` or `split`, not both");
+                None
+            }
+            (None, None) => {
+                p.push(&base, "a route needs `upstream` or `split`");
+                None
+            }
+        };
+
+        let mut rewrite = None;
+        if let Some(pt) = &pattern {
+            if let Some(sp) = &r.strip_prefix {
+                if r.rewrite.is_some() {
+                    p.push(format!("{base}.strip_prefix"), "give either `strip_prefix` or `rewrite`, not both");
+                } else if !sp.starts_with('/') {
+                    p.push(format!("{base}.strip_prefix"), "must start with `/`");
+                } else {
+                    // the prefix must be made of the pattern's leading literal segments
+                    let lits: Vec<&str> = pt
+                        .segments
+                        .iter()
+                        .map_while(|s| match s {
+                            Segment::Literal(l) => Some(l.as_str()),
+                            _ => None,
+                        })
+                        .collect();
+                    let want: Vec<&str> = sp.split('/').filter(|s| !s.is_empty()).collect();
+                    if want.len() > lits.len() || want.iter().zip(&lits).any(|(a, b)| a != b) {
+                        p.push(
+                            format!("{base}.strip_prefix"),
+                            format!("`{sp}` is not a literal prefix of `{}` and would never apply", r.matcher.path),
+                        );
+                    }
+                }
+            }
+            if let Some(t) = &r.rewrite {
+                match Rewrite::parse(t, pt) {
+                    Ok(rw) => rewrite = Some(rw),
+                    Err(e) => p.push(format!("{base}.rewrite"), e),
+                }
+            }
+            // a route identical to an earlier one (same host, pattern, headers, methods) can never match
+            let shape: Vec<String> = pt
+                .segments
+                .iter()
+                .map(|s| match s {
+                    Segment::Literal(l) => l.clone(),
+                    Segment::Param(_) => ":".into(),
+                    Segment::Star => "*".into(),
+                    Segment::Rest => "**".into(),
+                })
+                .collect();
+            let key = format!("{:?}|{}|{:?}", host, shape.join("/"), r.matcher.headers);
+            let entry = seen.entry(key).or_default();
+            for (j, m) in entry.iter() {
+                if m.0 & methods.0 == methods.0 {
+                    p.push(
+                        format!("{base}.match"),
+                        format!("routes[{j}] has the same host, path, headers and methods, so this route can never match"),
+                    );
+                    break;
+                }
+            }
+            entry.push((i, methods));
+        }
+
+        let request_headers = compile_header_ops(&r.request_headers, &format!("{base}.request_headers"), &mut p);
+        let response_headers = compile_header_ops(&r.response_headers, &format!("{base}.response_headers"), &mut p);
+
+        if p.errors.len() != before {
+            continue;
+        }
+        let (Some(pattern), Some(target)) = (pattern, target) else {
+            continue;
+        };
+        specs.push(RouteSpec {
+            host,
+            path: pattern.clone(),
+            methods,
+            headers,
+        });
+        routes.push(Route {
+            name: name.into(),
+            pattern,
+            target,
+            strip_prefix: r.strip_prefix.clone(),
+            rewrite,
+            request_headers,
+            response_headers,
+            idempotent: r.idempotent,
+            preserve_host: r.preserve_host,
+        });
+    }
+
+    if !p.is_empty() {
+        return Err(p.errors);
+    }
+    Ok(Snapshot {
+        generation,
+        router: Router::new(specs),
+        routes,
+        upstreams,
+        trusted_proxies,
+        max_header_bytes: cfg.server.limits.max_header_bytes.0 as usize,
+        max_body_bytes: cfg.server.limits.max_body_bytes.0,
+        config: cfg.clone(),
+    })
+}

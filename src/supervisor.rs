@@ -1,0 +1,47 @@
+//! Background upkeep: drives each upstream's DNS refresh, registration expiry and health
+//! checks, and reloads the config on SIGHUP. Runs as a Pingora background service so it
+//! starts after daemonisation.
+
+use crate::runtime::Runtime;
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often upstreams are visited; health-check and DNS intervals are rounded up to it.
+const TICK: Duration = Duration::from_millis(100);
+
+pub struct Supervisor {
+    pub runtime: Arc<Runtime>,
+}
+
+#[async_trait]
+impl BackgroundService for Supervisor {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, reload by signal is off: {e}");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tick.tick() => {
+                    let snap = self.runtime.snapshot();
+                    for u in snap.upstreams.values() {
+                        tokio::spawn(u.clone().maintain());
+                    }
+                }
+                Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    log::info!("SIGHUP received, reloading {}", self.runtime.config_path.display());
+                    crate::admin::reload_and_log(&self.runtime).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! Upstream pools on pingora-load-balancing: weighted selection, membership (static,
+//! DNS, runtime registration), active health checks and per-backend state.
+
+pub mod discovery;
+
+use crate::config::{HealthCheckKind, LbKind, UpstreamConfig};
+use ahash::AHashMap;
+use arc_swap::ArcSwap;
+use discovery::{AddrSpec, Membership, MembershipDiscovery};
+use http::HeaderName;
+use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
+use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest walk over the selection ring before giving up on finding an acceptable backend.
+const MAX_SELECT_ITERATIONS: usize = 256;
+
+/// Where the consistent-hash key comes from.
+#[derive(Debug, Clone)]
+pub enum HashKey {
+    ClientIp,
+    Path,
+    Header(HeaderName),
+    Cookie(String),
+}
+
+impl HashKey {
+    pub fn parse(s: &str) -> Result<HashKey, String> {
+        match s {
+            "ip" => Ok(HashKey::ClientIp),
+            "path" => Ok(HashKey::Path),
+            _ => {
+                if let Some(h) = s.strip_prefix("header:") {
+                    HeaderName::from_bytes(h.as_bytes())
+                        .map(HashKey::Header)
+                        .map_err(|_| format!("`{h}` is not a valid header name"))
+                } else if let Some(c) = s.strip_prefix("cookie:") {
+                    if c.is_empty() {
+                        Err("cookie name is empty".into())
+                    } else {
+                        Ok(HashKey::Cookie(c.to_string()))
+                    }
+                } else {
+                    Err(format!(
+                        "hash_key `{s}` must be `ip`, `path`, `header:NAME` or `cookie:NAME`"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Live state of one backend address.
+pub struct BackendState {
+    pub addr: SocketAddr,
+    pub in_flight: AtomicI64,
+    pub requests: AtomicU64,
+    peer: HttpPeer,
+}
+
+impl BackendState {
+    fn new(addr: SocketAddr, up: &UpstreamConfig) -> BackendState {
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let t = &up.timeouts;
+        peer.options.connection_timeout = Some(t.connect.get());
+        peer.options.total_connection_timeout = Some(t.connect.get());
+        peer.options.read_timeout = Some(t.read.get());
+        peer.options.write_timeout = Some(t.read.get());
+        peer.options.idle_timeout = Some(t.idle.get());
+        BackendState {
+            addr,
+            in_flight: AtomicI64::new(0),
+            requests: AtomicU64::new(0),
+            peer,
+        }
+    }
+
+    /// A peer for this backend; `read_timeout` may be shortened by the request deadline.
+    pub fn peer(&self, read_timeout: Duration) -> HttpPeer {
+        let mut p = self.peer.clone();
+        if p.options.read_timeout.is_none_or(|r| read_timeout < r) {
+            p.options.read_timeout = Some(read_timeout);
+            p.options.write_timeout = Some(read_timeout);
+        }
+        p
+    }
+}
+
+/// Counts a request against a backend's in-flight gauge for as long as it lives.
+pub struct InFlight(pub Arc<BackendState>);
+
+impl InFlight {
+    pub fn new(state: Arc<BackendState>) -> InFlight {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum Selector {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    Consistent(LoadBalancer<Consistent>),
+    /// Power of two random (weighted) choices, the one with fewer requests in flight wins.
+    LeastRequest(LoadBalancer<Random>),
+}
+
+macro_rules! with_lb {
+    ($sel:expr, $lb:ident => $body:expr) => {
+        match $sel {
+            Selector::RoundRobin($lb) => $body,
+            Selector::Random($lb) => $body,
+            Selector::Consistent($lb) => $body,
+            Selector::LeastRequest($lb) => $body,
+        }
+    };
+}
+
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub config: UpstreamConfig,
+    pub hash_key: HashKey,
+    selector: Selector,
+    pub membership: Arc<Membership>,
+    states: ArcSwap<AHashMap<SocketAddr, Arc<BackendState>>>,
+    has_names: bool,
+    next_dns: AtomicU64,
+    next_health: AtomicU64,
+    maintaining: AtomicBool,
+    epoch: Instant,
+}
+
+/// Errors found while compiling an upstream: (key path suffix, message).
+pub type UpstreamErrors = Vec<(String, String)>;
+
+impl Upstream {
+    pub fn build(name: &str, cfg: &UpstreamConfig) -> Result<Upstream, UpstreamErrors> {
+        let mut errors = Vec::new();
+        let mut configured = Vec::new();
+        for (i, b) in cfg.backends.iter().enumerate() {
+            match AddrSpec::parse(&b.addr) {
+                Ok(spec) => configured.push((spec, b.weight)),
+                Err(e) => errors.push((format!("backends[{i}].addr"), e)),
+            }
+        }
+        if let Some(d) = &cfg.discovery {
+            match AddrSpec::parse(&d.dns) {
+                Ok(AddrSpec::Name { host, port }) => {
+                    configured.push((AddrSpec::Name { host, port }, d.weight))
+                }
+                Ok(AddrSpec::Ip(a)) => configured.push((AddrSpec::Ip(a), d.weight)),
+                Err(e) => errors.push(("discovery.dns".into(), e)),
+            }
+        }
+        if cfg.backends.is_empty() && cfg.discovery.is_none() {
+            // allowed: backends may be registered at runtime through the admin API
+            log::info!("upstream `{name}` has no configured backends; it waits for registrations");
+        } else if !cfg.backends.is_empty()
+            && cfg.discovery.is_none()
+            && cfg.backends.iter().all(|b| b.weight == 0)
+        {
+            errors.push(("backends".into(), "the total weight of the backends is 0".into()));
+        }
+        let hash_key = match cfg.hash_key.as_deref() {
+            None => HashKey::ClientIp,
+            Some(s) => match HashKey::parse(s) {
+                Ok(k) => k,
+                Err(e) => {
+                    errors.push(("hash_key".into(), e));
+                    HashKey::ClientIp
+                }
+            },
+        };
+        if cfg.hash_key.is_some() && cfg.lb != LbKind::ConsistentHash {
+            errors.push((
+                "hash_key".into(),
+                "hash_key only applies to `lb: consistent_hash`".into(),
+            ));
+        }
+        if let Some(hc) = &cfg.health_check {
+            if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
+                errors.push((
+                    "health_check".into(),
+                    "healthy_threshold and unhealthy_threshold must be at least 1".into(),
+                ));
+            }
+            if hc.interval.get().is_zero() {
+                errors.push(("health_check.interval".into(), "must be above 0".into()));
+            }
+            if !hc.path.starts_with('/') {
+                errors.push(("health_check.path".into(), "must start with `/`".into()));
+            }
+        }
+        let t = &cfg.timeouts;
+        for (k, v) in [("connect", t.connect), ("read", t.read), ("total", t.total)] {
+            if v.get().is_zero() {
+                errors.push((format!("timeouts.{k}"), "must be above 0".into()));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+
+        let has_names = configured
+            .iter()
+            .any(|(s, _)| matches!(s, AddrSpec::Name { .. }));
+        let membership = Arc::new(Membership::new(configured));
+        // Resolve names once now so the pool is usable from the first request.
+        if has_names {
+            for (i, host, port) in membership.names() {
+                match std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)) {
+                    Ok(addrs) => {
+                        membership.set_resolved(i, addrs.collect());
+                    }
+                    Err(e) => log::warn!("upstream `{name}`: cannot resolve `{host}`: {e}"),
+                }
+            }
+        }
+
+        let new_backends = || {
+            let mut b = Backends::new(Box::new(MembershipDiscovery(membership.clone())));
+            if let Some(hc) = &cfg.health_check {
+                b.set_health_check(health_check(hc));
+            }
+            b
+        };
+        let selector = match cfg.lb {
+            LbKind::RoundRobin => Selector::RoundRobin(LoadBalancer::from_backends(new_backends())),
+            LbKind::Random => Selector::Random(LoadBalancer::from_backends(new_backends())),
+            LbKind::ConsistentHash => {
+                Selector::Consistent(LoadBalancer::from_backends(new_backends()))
+            }
+            LbKind::LeastRequest => {
+                Selector::LeastRequest(LoadBalancer::from_backends(new_backends()))
+            }
+        };
+        let up = Upstream {
+            name: name.into(),
+            config: cfg.clone(),
+            hash_key,
+            selector,
+            membership,
+            states: ArcSwap::from_pointee(AHashMap::new()),
+            has_names,
+            next_dns: AtomicU64::new(0),
+            next_health: AtomicU64::new(0),
+            maintaining: AtomicBool::new(false),
+            epoch: Instant::now(),
+        };
+        up.sync_states();
+        // Static discovery never blocks: apply the initial membership synchronously.
+        futures_now(up.apply_membership());
+        Ok(up)
+    }
+
+    /// Rebuild the per-address state map for the current membership, keeping old entries.
+    fn sync_states(&self) {
+        let current = self.membership.current();
+        let old = self.states.load();
+        let same = current.len() == old.len()
+            && current.iter().all(|b| inet(b).is_some_and(|a| old.contains_key(&a)));
+        if same {
+            return;
+        }
+        let mut next = AHashMap::with_capacity(current.len());
+        for b in current.iter() {
+            if let Some(a) = inet(b) {
+                let st = old
+                    .get(&a)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(BackendState::new(a, &self.config)));
+                next.insert(a, st);
+            }
+        }
+        self.states.store(Arc::new(next));
+    }
+
+    async fn apply_membership(&self) {
+        self.sync_states();
+        let r = with_lb!(&self.selector, lb => lb.update().await);
+        if let Err(e) = r {
+            log::warn!("upstream `{}`: membership update failed: {e}", self.name);
+        }
+    }
+
+    /// Apply membership changes right away (after an admin registration).
+    pub async fn refresh(&self) {
+        self.apply_membership().await;
+    }
+
+    fn backends(&self) -> &Backends {
+        with_lb!(&self.selector, lb => lb.backends())
+    }
+
+    pub fn is_healthy(&self, addr: &SocketAddr) -> bool {
+        let b = Backend {
+            addr: PSocketAddr::Inet(*addr),
+            weight: self.weight_of(addr),
+            ext: http::Extensions::new(),
+        };
+        self.backends().ready(&b)
+    }
+
+    fn weight_of(&self, addr: &SocketAddr) -> usize {
+        self.membership
+            .current()
+            .iter()
+            .find(|b| inet(b) == Some(*addr))
+            .map(|b| b.weight)
+            .unwrap_or(1)
+    }
+
+    /// Every backend in rotation: address, weight, healthy, state.
+    pub fn backend_status(&self) -> Vec<(SocketAddr, usize, bool, Option<Arc<BackendState>>)> {
+        let states = self.states.load();
+        let be = self.backends();
+        self.membership
+            .current()
+            .iter()
+            .filter_map(|b| {
+                let a = inet(b)?;
+                Some((a, b.weight, be.ready(b), states.get(&a).cloned()))
+            })
+            .collect()
+    }
+
+    pub fn healthy_count(&self) -> usize {
+        let be = self.backends();
+        self.membership.current().iter().filter(|b| be.ready(b)).count()
+    }
+
+    pub fn state_of(&self, addr: &SocketAddr) -> Option<Arc<BackendState>> {
+        self.states.load().get(addr).cloned()
+    }
+
+    /// Pick a healthy backend not in `tried`. `key` feeds consistent hashing.
+    pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<Arc<BackendState>> {
+        let accept = |b: &Backend, healthy: bool| {
+            healthy && inet(b).is_some_and(|a| !tried.contains(&a))
+        };
+        let states = self.states.load();
+        let chosen = match &self.selector {
+            Selector::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Selector::Random(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Selector::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Selector::LeastRequest(lb) => {
+                let a = lb.select_with(key, MAX_SELECT_ITERATIONS, accept)?;
+                match lb.select_with(key, MAX_SELECT_ITERATIONS, accept) {
+                    Some(b) if b != a => {
+                        let load = |x: &Backend| {
+                            let n = inet(x)
+                                .and_then(|ad| states.get(&ad))
+                                .map(|s| s.in_flight.load(Ordering::Relaxed))
+                                .unwrap_or(0);
+                            (n as f64 + 1.0) / x.weight.max(1) as f64
+                        };
+                        if load(&b) < load(&a) {
+                            Some(b)
+                        } else {
+                            Some(a)
+                        }
+                    }
+                    _ => Some(a),
+                }
+            }
+        }?;
+        let addr = inet(&chosen)?;
+        match states.get(&addr) {
+            Some(s) => Some(s.clone()),
+            // membership changed between the selector and the state map: make one up
+            None => Some(Arc::new(BackendState::new(addr, &self.config))),
+        }
+    }
+
+    fn ms_since_epoch(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Periodic upkeep, driven by the supervisor: DNS re-resolution, TTL expiry,
+    /// membership updates and active health checks. Runs at most once at a time.
+    pub async fn maintain(self: Arc<Self>) {
+        if self.maintaining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let now = Instant::now();
+        let now_ms = self.ms_since_epoch(now);
+        if self.has_names && now_ms >= self.next_dns.load(Ordering::Relaxed) {
+            let refresh = self
+                .config
+                .discovery
+                .as_ref()
+                .map(|d| d.refresh)
+                .unwrap_or(self.config.dns_refresh);
+            self.next_dns
+                .store(now_ms + refresh.get().as_millis() as u64, Ordering::Relaxed);
+            for (i, host, port) in self.membership.names() {
+                match tokio::net::lookup_host((host.as_str(), port)).await {
+                    Ok(addrs) => {
+                        if self.membership.set_resolved(i, addrs.collect()) {
+                            log::info!("upstream `{}`: `{host}` resolves to new addresses", self.name);
+                        }
+                    }
+                    Err(e) => {
+                        // keep the last good addresses
+                        log::warn!("upstream `{}`: cannot resolve `{host}`: {e}", self.name)
+                    }
+                }
+            }
+        }
+        for a in self.membership.expire(now) {
+            log::info!("upstream `{}`: registration of {a} expired", self.name);
+        }
+        self.apply_membership().await;
+        if let Some(hc) = &self.config.health_check {
+            if now_ms >= self.next_health.load(Ordering::Relaxed) {
+                self.next_health
+                    .store(now_ms + hc.interval.get().as_millis() as u64, Ordering::Relaxed);
+                self.backends().run_health_check(true).await;
+            }
+        }
+        self.maintaining.store(false, Ordering::Release);
+    }
+
+    /// Run one health-check pass now (a changed upstream is checked before it takes traffic).
+    pub async fn check_now(&self) {
+        if self.config.health_check.is_some() {
+            self.backends().run_health_check(true).await;
+            let now_ms = self.ms_since_epoch(Instant::now());
+            if let Some(hc) = &self.config.health_check {
+                self.next_health
+                    .store(now_ms + hc.interval.get().as_millis() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn inet(b: &Backend) -> Option<SocketAddr> {
+    match &b.addr {
+        PSocketAddr::Inet(a) => Some(*a),
+        _ => None,
+    }
+}
+
+fn health_check(
+    hc: &crate::config::HealthCheckConfig,
+) -> Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync> {
+    match hc.kind {
+        HealthCheckKind::Tcp => {
+            let mut c = TcpHealthCheck::new();
+            c.consecutive_success = hc.healthy_threshold as usize;
+            c.consecutive_failure = hc.unhealthy_threshold as usize;
+            c.peer_template.options.connection_timeout = Some(hc.timeout.get());
+            c
+        }
+        HealthCheckKind::Http => {
+            let host = hc.host.clone().unwrap_or_else(|| "localhost".to_string());
+            let mut c = HttpHealthCheck::new(&host, false);
+            c.consecutive_success = hc.healthy_threshold as usize;
+            c.consecutive_failure = hc.unhealthy_threshold as usize;
+            c.peer_template.options.connection_timeout = Some(hc.timeout.get());
+            c.peer_template.options.read_timeout = Some(hc.timeout.get());
+            if let Ok(mut req) = pingora_http::RequestHeader::build("GET", hc.path.as_bytes(), None)
+            {
+                let _ = req.append_header("Host", host.as_str());
+                let _ = req.append_header("User-Agent", "portcullis-health-check");
+                c.req = req;
+            }
+            let expect = hc.expect_status.clone();
+            c.validator = Some(Box::new(move |resp| {
+                let s = resp.status.as_u16();
+                let ok = if expect.is_empty() {
+                    (200..300).contains(&s)
+                } else {
+                    expect.contains(&s)
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    pingora_error::Error::e_explain(
+                        pingora_error::ErrorType::CustomCode("unexpected health check status", s),
+                        "during http health check",
+                    )
+                }
+            }));
+            Box::new(c)
+        }
+    }
+}
+
+/// Drive a future that never waits (static discovery) to completion without a runtime.
+fn futures_now<F: std::future::Future<Output = ()>>(f: F) {
+    use std::task::{Context, Poll, Waker};
+    let mut f = std::pin::pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..16 {
+        if let Poll::Ready(()) = f.as_mut().poll(&mut cx) {
+            return;
+        }
+    }
+    log::warn!("initial membership update did not complete synchronously");
+}
