@@ -54,7 +54,11 @@ fn main() -> ExitCode {
             for e in &errors {
                 eprintln!("error: {e}");
             }
-            eprintln!("{}: {} error(s), not started", cli.config.display(), errors.len());
+            eprintln!(
+                "{}: {} error(s), not started",
+                cli.config.display(),
+                errors.len()
+            );
             return ExitCode::FAILURE;
         }
     };

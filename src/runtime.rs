@@ -60,7 +60,11 @@ impl Runtime {
             let changed: Vec<_> = next
                 .upstreams
                 .iter()
-                .filter(|(n, u)| prev.upstreams.get(*n).is_none_or(|old| !Arc::ptr_eq(old, u)))
+                .filter(|(n, u)| {
+                    prev.upstreams
+                        .get(*n)
+                        .is_none_or(|old| !Arc::ptr_eq(old, u))
+                })
                 .map(|(_, u)| u.clone())
                 .collect();
             (next, changed)

@@ -26,8 +26,12 @@ fn server_conf(opts: &Options, opt: &Opt) -> Result<ServerConf, String> {
             Ok(conf)
         }
         None => {
-            let mut conf = ServerConf::default();
-            conf.threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            let mut conf = ServerConf {
+                threads: std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+                ..ServerConf::default()
+            };
             conf.merge_with_opt(opt);
             Ok(conf)
         }

@@ -83,14 +83,20 @@ fn compile_header_ops(ops: &HeaderOps, path: &str, p: &mut Problems) -> Compiled
         let name = match HeaderName::from_bytes(k.as_bytes()) {
             Ok(n) => n,
             Err(_) => {
-                p.push(format!("{path}.{kind}.{k}"), format!("`{k}` is not a valid header name"));
+                p.push(
+                    format!("{path}.{kind}.{k}"),
+                    format!("`{k}` is not a valid header name"),
+                );
                 return None;
             }
         };
         match HeaderValue::from_str(v) {
             Ok(val) => Some((name, val)),
             Err(_) => {
-                p.push(format!("{path}.{kind}.{k}"), "the value is not a valid header value");
+                p.push(
+                    format!("{path}.{kind}.{k}"),
+                    "the value is not a valid header value",
+                );
                 None
             }
         }
@@ -108,7 +114,10 @@ fn compile_header_ops(ops: &HeaderOps, path: &str, p: &mut Problems) -> Compiled
     for (i, k) in ops.remove.iter().enumerate() {
         match HeaderName::from_bytes(k.as_bytes()) {
             Ok(n) => out.remove.push(n),
-            Err(_) => p.push(format!("{path}.remove[{i}]"), format!("`{k}` is not a valid header name")),
+            Err(_) => p.push(
+                format!("{path}.remove[{i}]"),
+                format!("`{k}` is not a valid header name"),
+            ),
         }
     }
     out
@@ -136,7 +145,11 @@ pub(crate) fn parse_nets(list: &[String], path: &str, p: &mut Problems) -> Vec<I
 
 /// Build a snapshot from a parsed config. Upstreams whose config did not change are
 /// carried over from `prev` with their state (health, registrations, counters).
-pub fn build(src: &Source, prev: Option<&Snapshot>, generation: u64) -> Result<Snapshot, Vec<crate::config::ConfigError>> {
+pub fn build(
+    src: &Source,
+    prev: Option<&Snapshot>,
+    generation: u64,
+) -> Result<Snapshot, Vec<crate::config::ConfigError>> {
     let cfg = &src.config;
     let mut p = Problems::new(&src.file, &src.index);
 
@@ -146,20 +159,33 @@ pub fn build(src: &Source, prev: Option<&Snapshot>, generation: u64) -> Result<S
     }
     for (i, l) in cfg.server.listen.iter().enumerate() {
         if l.parse::<std::net::SocketAddr>().is_err() {
-            p.push(format!("server.listen[{i}]"), format!("`{l}` is not an `ip:port` address"));
+            p.push(
+                format!("server.listen[{i}]"),
+                format!("`{l}` is not an `ip:port` address"),
+            );
         }
     }
     if let Some(admin) = &cfg.server.admin {
         if admin.listen.parse::<std::net::SocketAddr>().is_err() {
-            p.push("server.admin.listen", format!("`{}` is not an `ip:port` address", admin.listen));
+            p.push(
+                "server.admin.listen",
+                format!("`{}` is not an `ip:port` address", admin.listen),
+            );
         }
         if let Some(t) = &admin.token_sha256 {
             if t.len() != 64 || hex::decode(t).is_err() {
-                p.push("server.admin.token_sha256", "must be 64 hex characters (a SHA-256 digest)");
+                p.push(
+                    "server.admin.token_sha256",
+                    "must be 64 hex characters (a SHA-256 digest)",
+                );
             }
         }
     }
-    let trusted_proxies = parse_nets(&cfg.server.trusted_proxies, "server.trusted_proxies", &mut p);
+    let trusted_proxies = parse_nets(
+        &cfg.server.trusted_proxies,
+        "server.trusted_proxies",
+        &mut p,
+    );
     if cfg.server.limits.max_header_bytes.0 < 1024 {
         p.push("server.limits.max_header_bytes", "must be at least 1KiB");
     }
@@ -168,8 +194,15 @@ pub fn build(src: &Source, prev: Option<&Snapshot>, generation: u64) -> Result<S
     let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
     for (name, ucfg) in &cfg.upstreams {
         let base = format!("upstreams.{name}");
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
-            p.push(&base, format!("upstream name `{name}` may only use letters, digits, `-`, `_` and `.`"));
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            p.push(
+                &base,
+                format!("upstream name `{name}` may only use letters, digits, `-`, `_` and `.`"),
+            );
             continue;
         }
         if let Some(old) = prev.and_then(|s| s.upstreams.get(name)) {
@@ -201,7 +234,13 @@ pub fn build(src: &Source, prev: Option<&Snapshot>, generation: u64) -> Result<S
     for (i, r) in cfg.routes.iter().enumerate() {
         let base = format!("routes[{i}]");
         let before = p.errors.len();
-        let host = match r.matcher.host.as_deref().map(HostPattern::parse).transpose() {
+        let host = match r
+            .matcher
+            .host
+            .as_deref()
+            .map(HostPattern::parse)
+            .transpose()
+        {
             Ok(h) => h,
             Err(e) => {
                 p.push(format!("{base}.match.host"), e);
@@ -218,7 +257,10 @@ pub fn build(src: &Source, prev: Option<&Snapshot>, generation: u64) -> Result<S
         let methods = match &r.matcher.methods {
             None => Methods::ANY,
             Some(list) if list.is_empty() => {
-                p.push(format!("{base}.match.methods"), "an empty method list can never match");
+                p.push(
+                    format!("{base}.match.methods"),
+                    "an empty method list can never match",
+                );
                 Methods::ANY
             }
             Some(list) => Methods::parse(list).unwrap_or_else(|e| {
@@ -230,15 +272,25 @@ pub fn build(src: &Source, prev: Option<&Snapshot>, generation: u64) -> Result<S
         for (k, v) in &r.matcher.headers {
             match HeaderName::from_bytes(k.as_bytes()) {
                 Ok(n) => headers.push((n, v.as_bytes().to_vec())),
-                Err(_) => p.push(format!("{base}.match.headers.{k}"), format!("`{k}` is not a valid header name")),
+                Err(_) => p.push(
+                    format!("{base}.match.headers.{k}"),
+                    format!("`{k}` is not a valid header name"),
+                ),
             }
         }
         let name = r.name.clone().unwrap_or_else(|| {
-            format!("{}{}", r.matcher.host.as_deref().unwrap_or(""), r.matcher.path)
+            format!(
+                "{}{}",
+                r.matcher.host.as_deref().unwrap_or(""),
+                r.matcher.path
+            )
         });
         if r.name.is_some() {
             if let Some(j) = names.insert(name.clone(), i) {
-                p.push(format!("{base}.name"), format!("route name `{name}` is also used by routes[{j}]"));
+                p.push(
+                    format!("{base}.name"),
+                    format!("route name `{name}` is also used by routes[{j}]"),
+                );
             }
         }
 
@@ -257,16 +309,23 @@ pub fn build(src: &Source, prev: Option<&Snapshot>, generation: u64) -> Result<S
             (None, Some(split)) => {
                 let mut list = Vec::new();
                 let mut total = 0u32;
+                let mut resolved = 0;
                 for (k, s) in split.iter().enumerate() {
-                    if let Some(u) = resolve(&s.upstream, format!("{base}.split[{k}].upstream"), &mut p) {
+                    if let Some(u) =
+                        resolve(&s.upstream, format!("{base}.split[{k}].upstream"), &mut p)
+                    {
+                        resolved += 1;
                         total = total.saturating_add(s.weight);
                         if s.weight > 0 {
                             list.push((u, total));
                         }
                     }
                 }
-                if split.is_empty() || (total == 0 && list.len() == split.len()) {
-                    p.push(format!("{base}.split"), "the total weight of the split is 0");
+                if split.is_empty() || (total == 0 && resolved == split.len()) {
+                    p.push(
+                        format!("{base}.split"),
+                        "the total weight of the split is 0",
+                    );
                     None
                 } else if list.is_empty() {
                     None
@@ -288,7 +347,10 @@ pub fn build(src: &Source, prev: Option<&Snapshot>, generation: u64) -> Result<S
         if let Some(pt) = &pattern {
             if let Some(sp) = &r.strip_prefix {
                 if r.rewrite.is_some() {
-                    p.push(format!("{base}.strip_prefix"), "give either `strip_prefix` or `rewrite`, not both");
+                    p.push(
+                        format!("{base}.strip_prefix"),
+                        "give either `strip_prefix` or `rewrite`, not both",
+                    );
                 } else if !sp.starts_with('/') {
                     p.push(format!("{base}.strip_prefix"), "must start with `/`");
                 } else {
@@ -305,7 +367,10 @@ pub fn build(src: &Source, prev: Option<&Snapshot>, generation: u64) -> Result<S
                     if want.len() > lits.len() || want.iter().zip(&lits).any(|(a, b)| a != b) {
                         p.push(
                             format!("{base}.strip_prefix"),
-                            format!("`{sp}` is not a literal prefix of `{}` and would never apply", r.matcher.path),
+                            format!(
+                                "`{sp}` is not a literal prefix of `{}` and would never apply",
+                                r.matcher.path
+                            ),
                         );
                     }
                 }
@@ -341,8 +406,16 @@ pub fn build(src: &Source, prev: Option<&Snapshot>, generation: u64) -> Result<S
             entry.push((i, methods));
         }
 
-        let request_headers = compile_header_ops(&r.request_headers, &format!("{base}.request_headers"), &mut p);
-        let response_headers = compile_header_ops(&r.response_headers, &format!("{base}.response_headers"), &mut p);
+        let request_headers = compile_header_ops(
+            &r.request_headers,
+            &format!("{base}.request_headers"),
+            &mut p,
+        );
+        let response_headers = compile_header_ops(
+            &r.response_headers,
+            &format!("{base}.response_headers"),
+            &mut p,
+        );
 
         if p.errors.len() != before {
             continue;

@@ -39,7 +39,7 @@ impl BackgroundService for Supervisor {
                 }
                 Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     log::info!("SIGHUP received, reloading {}", self.runtime.config_path.display());
-                    crate::admin::reload_and_log(&self.runtime).await;
+                    let _ = crate::admin::reload_and_log(&self.runtime).await;
                 }
             }
         }

@@ -19,8 +19,10 @@ fn reply(status: StatusCode, body: Value) -> Response<Vec<u8>> {
     let bytes = serde_json::to_vec_pretty(&body).unwrap_or_default();
     let mut r = Response::new(bytes);
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -29,16 +31,23 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 }
 
 /// Reload, logging the outcome. Returns the outcome for the caller to report.
-pub async fn reload_and_log(rt: &Runtime) -> Result<crate::runtime::ReloadOutcome, Vec<crate::config::ConfigError>> {
+pub async fn reload_and_log(
+    rt: &Runtime,
+) -> Result<crate::runtime::ReloadOutcome, Vec<crate::config::ConfigError>> {
     let r = rt.reload().await;
     match &r {
         Ok(o) => log::info!(
             "config reloaded: generation {}, {} routes, {:.1} ms",
-            o.generation, o.routes, o.millis
+            o.generation,
+            o.routes,
+            o.millis
         ),
         Err(errs) => {
             for e in errs {
-                log::error!("config reload rejected, keeping generation {}: {e}", rt.generation());
+                log::error!(
+                    "config reload rejected, keeping generation {}: {e}",
+                    rt.generation()
+                );
             }
         }
     }
@@ -47,14 +56,21 @@ pub async fn reload_and_log(rt: &Runtime) -> Result<crate::runtime::ReloadOutcom
 
 /// Constant-time check of `Authorization: Bearer <token>` against the configured digest.
 fn authorized(session: &ServerSession, digest_hex: &str) -> bool {
-    let Some(h) = session.get_header(http::header::AUTHORIZATION) else { return false };
-    let Ok(s) = h.to_str() else { return false };
-    let Some(token) = s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer ")) else {
+    let Some(h) = session.get_header(http::header::AUTHORIZATION) else {
         return false;
     };
-    let Ok(want) = hex::decode(digest_hex) else { return false };
+    let Ok(s) = h.to_str() else { return false };
+    let Some(token) = s
+        .strip_prefix("Bearer ")
+        .or_else(|| s.strip_prefix("bearer "))
+    else {
+        return false;
+    };
+    let Ok(want) = hex::decode(digest_hex) else {
+        return false;
+    };
     let got = Sha256::digest(token.trim().as_bytes());
-    subtle::ConstantTimeEq::ct_eq(got.as_slice(), want.as_slice()).into()
+    subtle::ConstantTimeEq::ct_eq(&got[..], want.as_slice()).into()
 }
 
 async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
@@ -116,23 +132,43 @@ impl AdminApp {
                 if healthy == 0 {
                     ready = false;
                 }
-                (name.clone(), json!({ "healthy_backends": healthy, "ready": healthy > 0 }))
+                (
+                    name.clone(),
+                    json!({ "healthy_backends": healthy, "ready": healthy > 0 }),
+                )
             })
             .collect();
-        let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-        reply(status, json!({ "ready": ready, "generation": snap.generation, "upstreams": detail }))
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        reply(
+            status,
+            json!({ "ready": ready, "generation": snap.generation, "upstreams": detail }),
+        )
     }
 
-    async fn backends(&self, session: &mut ServerSession, method: &Method, rest: &str) -> Response<Vec<u8>> {
+    async fn backends(
+        &self,
+        session: &mut ServerSession,
+        method: &Method,
+        rest: &str,
+    ) -> Response<Vec<u8>> {
         // rest: "{name}/backends", "{name}/backends/{addr}", "{name}/backends/{addr}/heartbeat"
         let parts: Vec<&str> = rest.split('/').collect();
         let snap = self.runtime.snapshot();
         let Some(up) = parts.first().and_then(|n| snap.upstreams.get(*n)).cloned() else {
             return error(StatusCode::NOT_FOUND, "not_found", "unknown upstream");
         };
-        let parse_addr = |s: &str| -> Result<SocketAddr, Response<Vec<u8>>> {
-            s.parse()
-                .map_err(|_| error(StatusCode::BAD_REQUEST, "bad_request", format!("`{s}` is not an ip:port address")))
+        let parse_addr = |s: &str| -> Result<SocketAddr, Box<Response<Vec<u8>>>> {
+            s.parse().map_err(|_| {
+                Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("`{s}` is not an ip:port address"),
+                ))
+            })
         };
         match (method, parts.as_slice()) {
             (&Method::POST, [_, "backends"]) => {
@@ -142,50 +178,84 @@ impl AdminApp {
                 };
                 let v: Value = match serde_json::from_slice(&body) {
                     Ok(v) => v,
-                    Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON: {e}")),
+                    Err(e) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            format!("invalid JSON: {e}"),
+                        )
+                    }
                 };
                 let Some(addr) = v.get("addr").and_then(|a| a.as_str()) else {
                     return error(StatusCode::BAD_REQUEST, "bad_request", "`addr` is required");
                 };
                 let addr = match parse_addr(addr) {
                     Ok(a) => a,
-                    Err(r) => return r,
+                    Err(r) => return *r,
                 };
                 let weight = match v.get("weight") {
                     None => 1,
                     Some(w) => match w.as_u64() {
                         Some(w) if (1..=65535).contains(&w) => w as u32,
-                        _ => return error(StatusCode::BAD_REQUEST, "bad_request", "`weight` must be 1..65535"),
+                        _ => {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                "bad_request",
+                                "`weight` must be 1..65535",
+                            )
+                        }
                     },
                 };
                 let ttl = match v.get("ttl") {
                     None | Some(Value::Null) => None,
                     Some(Value::String(s)) => match crate::config::units::parse_duration(s) {
                         Ok(d) if !d.is_zero() => Some(d),
-                        _ => return error(StatusCode::BAD_REQUEST, "bad_request", "`ttl` must be a duration such as `30s`"),
+                        _ => {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                "bad_request",
+                                "`ttl` must be a duration such as `30s`",
+                            )
+                        }
                     },
-                    Some(_) => return error(StatusCode::BAD_REQUEST, "bad_request", "`ttl` must be a string such as `30s`"),
+                    Some(_) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            "`ttl` must be a string such as `30s`",
+                        )
+                    }
                 };
                 up.membership.register(addr, weight, ttl);
                 up.refresh().await;
-                log::info!("upstream `{}`: registered {addr} (weight {weight})", up.name);
-                reply(StatusCode::CREATED, json!({ "upstream": up.name.as_ref(), "addr": addr.to_string(), "weight": weight }))
+                log::info!(
+                    "upstream `{}`: registered {addr} (weight {weight})",
+                    up.name
+                );
+                reply(
+                    StatusCode::CREATED,
+                    json!({ "upstream": up.name.as_ref(), "addr": addr.to_string(), "weight": weight }),
+                )
             }
             (&Method::PUT, [_, "backends", addr, "heartbeat"]) => {
                 let addr = match parse_addr(addr) {
                     Ok(a) => a,
-                    Err(r) => return r,
+                    Err(r) => return *r,
                 };
                 if up.membership.heartbeat(addr) {
                     reply(StatusCode::OK, json!({ "renewed": addr.to_string() }))
                 } else {
-                    error(StatusCode::NOT_FOUND, "not_found", "that backend is not registered")
+                    error(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "that backend is not registered",
+                    )
                 }
             }
             (&Method::DELETE, [_, "backends", addr]) => {
                 let addr = match parse_addr(addr) {
                     Ok(a) => a,
-                    Err(r) => return r,
+                    Err(r) => return *r,
                 };
                 if up.membership.deregister(addr) {
                     up.refresh().await;
@@ -199,14 +269,33 @@ impl AdminApp {
         }
     }
 
-    async fn admin(&self, session: &mut ServerSession, method: &Method, path: &str) -> Response<Vec<u8>> {
+    async fn admin(
+        &self,
+        session: &mut ServerSession,
+        method: &Method,
+        path: &str,
+    ) -> Response<Vec<u8>> {
         let snap = self.runtime.snapshot();
-        let Some(digest) = snap.config.server.admin.as_ref().and_then(|a| a.token_sha256.clone()) else {
-            return error(StatusCode::NOT_FOUND, "admin_disabled", "the admin API is disabled: set server.admin.token_sha256");
+        let Some(digest) = snap
+            .config
+            .server
+            .admin
+            .as_ref()
+            .and_then(|a| a.token_sha256.clone())
+        else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "admin_disabled",
+                "the admin API is disabled: set server.admin.token_sha256",
+            );
         };
         drop(snap);
         if !authorized(session, &digest) {
-            let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid admin bearer token is required");
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid admin bearer token is required",
+            );
             r.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
@@ -216,7 +305,10 @@ impl AdminApp {
         match (method, path) {
             (&Method::GET, "/admin/status") => reply(StatusCode::OK, self.status()),
             (&Method::POST, "/admin/reload") => match reload_and_log(&self.runtime).await {
-                Ok(o) => reply(StatusCode::OK, json!({ "generation": o.generation, "routes": o.routes, "millis": o.millis })),
+                Ok(o) => reply(
+                    StatusCode::OK,
+                    json!({ "generation": o.generation, "routes": o.routes, "millis": o.millis }),
+                ),
                 Err(errs) => {
                     let list: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
                     reply(

@@ -52,7 +52,8 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    let mut svc = pingora_proxy::http_proxy_service(&server.configuration, Passthrough { upstream });
+    let mut svc =
+        pingora_proxy::http_proxy_service(&server.configuration, Passthrough { upstream });
     svc.add_tcp(&args[0]);
     server.add_service(svc);
     server.run_forever();

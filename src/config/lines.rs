@@ -8,6 +8,8 @@ use yaml_rust2::scanner::Marker;
 #[derive(Debug, Default)]
 pub struct LineIndex {
     lines: HashMap<String, usize>,
+    /// Keys that appear twice in one mapping: (path, line of the second one).
+    pub duplicates: Vec<(String, usize)>,
 }
 
 impl LineIndex {
@@ -16,7 +18,10 @@ impl LineIndex {
         let mut parser = Parser::new_from_str(text);
         // A syntax error is reported by serde_yaml with its own line; the index just stops.
         let _ = parser.load(&mut b, false);
-        LineIndex { lines: b.lines }
+        LineIndex {
+            lines: b.lines,
+            duplicates: b.duplicates,
+        }
     }
 
     /// The line of `path`, or of its nearest ancestor that is in the file.
@@ -33,14 +38,20 @@ impl LineIndex {
 }
 
 enum Frame {
-    Map { key: Option<String> },
-    Seq { index: usize },
+    Map {
+        key: Option<String>,
+        seen: std::collections::HashSet<String>,
+    },
+    Seq {
+        index: usize,
+    },
 }
 
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
     lines: HashMap<String, usize>,
+    duplicates: Vec<(String, usize)>,
 }
 
 impl Builder {
@@ -48,13 +59,13 @@ impl Builder {
         let mut out = String::new();
         for f in &self.stack {
             match f {
-                Frame::Map { key: Some(k) } => {
+                Frame::Map { key: Some(k), .. } => {
                     if !out.is_empty() {
                         out.push('.');
                     }
                     out.push_str(k);
                 }
-                Frame::Map { key: None } => {}
+                Frame::Map { key: None, .. } => {}
                 Frame::Seq { index } => {
                     out.push('[');
                     out.push_str(&index.to_string());
@@ -74,7 +85,7 @@ impl Builder {
     /// Called after a value is complete: advance the parent.
     fn value_done(&mut self) {
         match self.stack.last_mut() {
-            Some(Frame::Map { key }) => *key = None,
+            Some(Frame::Map { key, .. }) => *key = None,
             Some(Frame::Seq { index }) => *index += 1,
             None => {}
         }
@@ -86,10 +97,14 @@ impl MarkedEventReceiver for Builder {
         let line = mark.line();
         match ev {
             Event::Scalar(s, ..) => {
-                if let Some(Frame::Map { key }) = self.stack.last_mut() {
+                if let Some(Frame::Map { key, seen }) = self.stack.last_mut() {
                     if key.is_none() {
+                        let dup = !seen.insert(s.clone());
                         *key = Some(s);
                         let path = self.path();
+                        if dup {
+                            self.duplicates.push((path.clone(), line));
+                        }
                         self.lines.entry(path).or_insert(line);
                         return;
                     }
@@ -103,7 +118,10 @@ impl MarkedEventReceiver for Builder {
             }
             Event::MappingStart(..) => {
                 self.value_started(line);
-                self.stack.push(Frame::Map { key: None });
+                self.stack.push(Frame::Map {
+                    key: None,
+                    seen: Default::default(),
+                });
             }
             Event::SequenceStart(..) => {
                 self.value_started(line);

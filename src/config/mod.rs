@@ -127,10 +127,24 @@ pub fn parse_str(file: &str, text: &str) -> Result<Source, ConfigErrors> {
             }]));
         }
     };
+    let index = LineIndex::build(text);
+    if !index.duplicates.is_empty() {
+        let errors = index
+            .duplicates
+            .iter()
+            .map(|(path, line)| ConfigError {
+                file: file.to_string(),
+                path: path.clone(),
+                line: Some(*line),
+                message: "duplicate key: this name is already defined in the same mapping".into(),
+            })
+            .collect();
+        return Err(ConfigErrors(errors));
+    }
     Ok(Source {
         file: file.to_string(),
         config,
-        index: LineIndex::build(text),
+        index,
     })
 }
 

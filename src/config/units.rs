@@ -25,7 +25,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("duration `{s}` needs a unit (ms, s, m, h, d), e.g. `250ms` or `5s`"))?;
+        .ok_or_else(|| {
+            format!("duration `{s}` needs a unit (ms, s, m, h, d), e.g. `250ms` or `5s`")
+        })?;
     let (num, unit) = s.split_at(split);
     let value: f64 = num
         .parse()

@@ -53,15 +53,11 @@ pub fn apply(
         req.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
     }
     if !(trusted && req.headers.contains_key("x-forwarded-host")) {
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .cloned()
-            .or_else(|| {
-                req.uri
-                    .authority()
-                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-            });
+        let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
+            req.uri
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+        });
         match host {
             Some(h) => req.insert_header("x-forwarded-host", h)?,
             None => {

@@ -32,7 +32,9 @@ impl Gateway {
 /// Route the request: normalise the path, match host + path + method, compute the
 /// forwarded URI. Any problem becomes `ctx.reject`.
 fn route_request(session: &Session, ctx: &mut Ctx) {
-    let Some(snap) = ctx.snapshot.clone() else { return };
+    let Some(snap) = ctx.snapshot.clone() else {
+        return;
+    };
     let req = session.req_header();
     let raw_path = req.uri.path();
     let normalized = match path::normalize(raw_path) {
@@ -83,7 +85,11 @@ fn route_request(session: &Session, ctx: &mut Ctx) {
             );
         }
         Lookup::NotFound => {
-            ctx.reject = Some(Reject::new(404, "not_found", "no route matches this request"));
+            ctx.reject = Some(Reject::new(
+                404,
+                "not_found",
+                "no route matches this request",
+            ));
         }
     }
 }
@@ -125,11 +131,23 @@ fn classify(e: &Error) -> (u16, &'static str, &'static str) {
         ErrorType::ConnectTimedout
         | ErrorType::ReadTimedout
         | ErrorType::WriteTimedout
-        | ErrorType::TLSHandshakeTimedout => (504, "gateway_timeout", "the upstream did not answer in time"),
+        | ErrorType::TLSHandshakeTimedout => (
+            504,
+            "gateway_timeout",
+            "the upstream did not answer in time",
+        ),
         _ => match e.esource() {
-            ErrorSource::Upstream => (502, "bad_gateway", "the upstream could not be reached or failed"),
+            ErrorSource::Upstream => (
+                502,
+                "bad_gateway",
+                "the upstream could not be reached or failed",
+            ),
             ErrorSource::Downstream => (400, "bad_request", "the request could not be read"),
-            _ => (500, "internal_error", "the gateway failed to handle the request"),
+            _ => (
+                500,
+                "internal_error",
+                "the gateway failed to handle the request",
+            ),
         },
     }
 }
@@ -146,12 +164,18 @@ impl ProxyHttp for Gateway {
         ctx.start = Instant::now();
         let incoming = session.req_header().headers.get("x-request-id");
         ctx.request_id = match incoming {
-            Some(v) if request_id::is_valid(v.as_bytes()) => v.to_str().unwrap_or_default().to_string(),
+            Some(v) if request_id::is_valid(v.as_bytes()) => {
+                v.to_str().unwrap_or_default().to_string()
+            }
             _ => request_id::generate(),
         };
         let snap = self.runtime.snapshot();
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+        if let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
             let (client, trusted) = forwarded::client_ip(&snap, peer, session.req_header());
             ctx.peer_ip = Some(peer);
             ctx.client_ip = Some(client);
@@ -190,19 +214,38 @@ impl ProxyHttp for Gateway {
             .map(|d| d.saturating_duration_since(Instant::now()))
             .unwrap_or(upstream.config.timeouts.read.get());
         if remaining.is_zero() {
-            ctx.reject = Some(Reject::new(504, "gateway_timeout", "the request ran out of time"));
+            ctx.reject = Some(Reject::new(
+                504,
+                "gateway_timeout",
+                "the request ran out of time",
+            ));
             return Error::e_explain(ErrorType::HTTPStatus(504), "total timeout");
         }
         let key = match upstream.hash_key {
-            HashKey::ClientIp if !matches!(upstream.config.lb, crate::config::LbKind::ConsistentHash) => Vec::new(),
+            HashKey::ClientIp
+                if !matches!(upstream.config.lb, crate::config::LbKind::ConsistentHash) =>
+            {
+                Vec::new()
+            }
             ref k => hash_key(session, ctx, k),
         };
         let Some(state) = upstream.select(&key, &ctx.tried) else {
             let reject = if ctx.tried.is_empty() {
-                Reject::new(503, "no_healthy_backend", format!("upstream `{}` has no healthy backend", upstream.name))
-                    .header("retry-after", "1")
+                Reject::new(
+                    503,
+                    "no_healthy_backend",
+                    format!("upstream `{}` has no healthy backend", upstream.name),
+                )
+                .header("retry-after", "1")
             } else {
-                Reject::new(502, "bad_gateway", format!("no backend of upstream `{}` could be reached", upstream.name))
+                Reject::new(
+                    502,
+                    "bad_gateway",
+                    format!(
+                        "no backend of upstream `{}` could be reached",
+                        upstream.name
+                    ),
+                )
             };
             let status = reject.status;
             ctx.reject = Some(reject);
@@ -214,7 +257,13 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         // A connection that was never made is safe to try elsewhere, whatever the method.
         if let Some(u) = &ctx.upstream {
             let others = u.healthy_count().saturating_sub(ctx.tried.len());
@@ -226,13 +275,29 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
-        forwarded::apply(upstream_request, ctx.peer_ip, ctx.client_ip, ctx.peer_trusted, ctx.tls)?;
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        forwarded::apply(
+            upstream_request,
+            ctx.peer_ip,
+            ctx.client_ip,
+            ctx.peer_trusted,
+            ctx.tls,
+        )?;
         upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some(uri) = &ctx.forward_uri {
             match uri.parse::<http::Uri>() {
                 Ok(u) => upstream_request.set_uri(u),
-                Err(_) => return Error::e_explain(ErrorType::HTTPStatus(400), "rewritten path is not a valid URI"),
+                Err(_) => {
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(400),
+                        "rewritten path is not a valid URI",
+                    )
+                }
             }
         }
         if let Some(route) = ctx.route() {
@@ -258,7 +323,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some(route) = ctx.route() {
             let ops = &route.response_headers;
@@ -287,7 +357,10 @@ impl ProxyHttp for Gateway {
         });
         let status = reject.status;
         let downstream_dead = matches!(e.esource(), ErrorSource::Downstream)
-            && matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed);
+            && matches!(
+                e.etype(),
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+            );
         let mut written = 0;
         if !downstream_dead && session.response_written().is_none() {
             if let Err(err) = respond::send(session, &ctx.request_id, &reject, true).await {

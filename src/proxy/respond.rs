@@ -37,7 +37,12 @@ pub fn error_body(code: &str, message: &str, request_id: &str) -> Vec<u8> {
 }
 
 /// Write `reject` as the whole response. `close` drops the connection afterwards.
-pub async fn send(session: &mut Session, request_id: &str, reject: &Reject, close: bool) -> Result<()> {
+pub async fn send(
+    session: &mut Session,
+    request_id: &str,
+    reject: &Reject,
+    close: bool,
+) -> Result<()> {
     let body = error_body(reject.code, &reject.message, request_id);
     let mut resp = ResponseHeader::build(reject.status, Some(6 + reject.headers.len()))?;
     resp.insert_header("content-type", "application/json")?;
@@ -51,9 +56,13 @@ pub async fn send(session: &mut Session, request_id: &str, reject: &Reject, clos
         session.set_keepalive(None);
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head_only).await?;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
     if !head_only {
-        session.write_response_body(Some(Bytes::from(body)), true).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
     }
     Ok(())
 }

@@ -170,10 +170,11 @@ impl Search<'_> {
     fn pick(&mut self, ids: &[u32]) -> Option<usize> {
         for id in ids {
             let spec = &self.specs[*id as usize];
-            let headers_ok = spec
-                .headers
-                .iter()
-                .all(|(n, v)| self.headers.get(n).is_some_and(|h| h.as_bytes() == v.as_slice()));
+            let headers_ok = spec.headers.iter().all(|(n, v)| {
+                self.headers
+                    .get(n)
+                    .is_some_and(|h| h.as_bytes() == v.as_slice())
+            });
             if !headers_ok {
                 continue;
             }
@@ -282,7 +283,13 @@ impl Router {
 
     /// Find the route for a request. `host` is without port and lower case, `segs` are
     /// the segments of the normalised path.
-    pub fn lookup(&self, host: &str, segs: &[&str], method: &Method, headers: &HeaderMap) -> Lookup {
+    pub fn lookup(
+        &self,
+        host: &str,
+        segs: &[&str],
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Lookup {
         let mut search = Search {
             specs: &self.specs,
             method,
@@ -327,7 +334,9 @@ mod tests {
             host: host.map(|h| HostPattern::parse(h).unwrap()),
             path: PathPattern::parse(path).unwrap(),
             methods: methods
-                .map(|m| Methods::parse(&m.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap())
+                .map(|m| {
+                    Methods::parse(&m.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+                })
                 .unwrap_or(Methods::ANY),
             headers: vec![],
         }
@@ -340,23 +349,38 @@ mod tests {
     #[test]
     fn specificity() {
         let r = Router::new(vec![
-            spec(None, "/api/**", None),            // 0
-            spec(None, "/api/users/*", None),       // 1
-            spec(None, "/api/users/:id", None),     // 2
-            spec(None, "/api/users/me", None),      // 3
-            spec(None, "/api/users/**", None),      // 4
+            spec(None, "/api/**", None),                        // 0
+            spec(None, "/api/users/*", None),                   // 1
+            spec(None, "/api/users/:id", None),                 // 2
+            spec(None, "/api/users/me", None),                  // 3
+            spec(None, "/api/users/**", None),                  // 4
             spec(Some("*.example.com"), "/api/users/me", None), // 5
             spec(Some("api.example.com"), "/api/**", None),     // 6
         ]);
-        assert_eq!(find(&r, "x", "/api/users/me", Method::GET), Lookup::Found(3));
+        assert_eq!(
+            find(&r, "x", "/api/users/me", Method::GET),
+            Lookup::Found(3)
+        );
         assert_eq!(find(&r, "x", "/api/users/7", Method::GET), Lookup::Found(2));
-        assert_eq!(find(&r, "x", "/api/users/7/posts", Method::GET), Lookup::Found(4));
+        assert_eq!(
+            find(&r, "x", "/api/users/7/posts", Method::GET),
+            Lookup::Found(4)
+        );
         assert_eq!(find(&r, "x", "/api/other", Method::GET), Lookup::Found(0));
         assert_eq!(find(&r, "x", "/api", Method::GET), Lookup::Found(0));
         assert_eq!(find(&r, "x", "/nope", Method::GET), Lookup::NotFound);
-        assert_eq!(find(&r, "a.example.com", "/api/users/me", Method::GET), Lookup::Found(5));
-        assert_eq!(find(&r, "api.example.com", "/api/users/me", Method::GET), Lookup::Found(6));
-        assert_eq!(find(&r, "example.com", "/api/users/me", Method::GET), Lookup::Found(3));
+        assert_eq!(
+            find(&r, "a.example.com", "/api/users/me", Method::GET),
+            Lookup::Found(5)
+        );
+        assert_eq!(
+            find(&r, "api.example.com", "/api/users/me", Method::GET),
+            Lookup::Found(6)
+        );
+        assert_eq!(
+            find(&r, "example.com", "/api/users/me", Method::GET),
+            Lookup::Found(3)
+        );
     }
 
     #[test]

@@ -82,7 +82,10 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     while i < p.len() {
         let b = p[i];
         if b == b'%' {
-            let (h, l) = match (p.get(i + 1).and_then(|&c| hex_val(c)), p.get(i + 2).and_then(|&c| hex_val(c))) {
+            let (h, l) = match (
+                p.get(i + 1).and_then(|&c| hex_val(c)),
+                p.get(i + 2).and_then(|&c| hex_val(c)),
+            ) {
                 (Some(h), Some(l)) => (h, l),
                 _ => return Err(PathError::BadEscape),
             };
@@ -91,8 +94,16 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
                 decoded.push(v as char);
             } else {
                 decoded.push('%');
-                decoded.push(char::from_digit(h as u32, 16).unwrap_or('0').to_ascii_uppercase());
-                decoded.push(char::from_digit(l as u32, 16).unwrap_or('0').to_ascii_uppercase());
+                decoded.push(
+                    char::from_digit(h as u32, 16)
+                        .unwrap_or('0')
+                        .to_ascii_uppercase(),
+                );
+                decoded.push(
+                    char::from_digit(l as u32, 16)
+                        .unwrap_or('0')
+                        .to_ascii_uppercase(),
+                );
             }
             i += 3;
         } else {
@@ -168,7 +179,10 @@ mod tests {
         assert_eq!(n("/a%2fb").unwrap(), "/a%2Fb");
         assert_eq!(n("/%2e%2e/admin").unwrap_err(), PathError::EscapesRoot);
         assert_eq!(n("/x/%2e%2e/admin").unwrap(), "/admin");
-        assert_eq!(n("/api/users/..%2f..%2fadmin").unwrap(), "/api/users/..%2F..%2Fadmin");
+        assert_eq!(
+            n("/api/users/..%2f..%2fadmin").unwrap(),
+            "/api/users/..%2F..%2Fadmin"
+        );
         assert_eq!(n("/a%zz").unwrap_err(), PathError::BadEscape);
         assert_eq!(n("/a%2").unwrap_err(), PathError::BadEscape);
     }

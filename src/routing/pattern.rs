@@ -34,18 +34,13 @@ impl PathPattern {
         for (i, s) in raw.iter().enumerate() {
             let seg = if *s == "**" {
                 if i + 1 != raw.len() {
-                    return Err(format!(
-                        "path pattern `{p}`: `**` must be the last segment"
-                    ));
+                    return Err(format!("path pattern `{p}`: `**` must be the last segment"));
                 }
                 Segment::Rest
             } else if *s == "*" {
                 Segment::Star
             } else if let Some(name) = s.strip_prefix(':') {
-                if name.is_empty()
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 {
                     return Err(format!(
                         "path pattern `{p}`: parameter `{s}` needs a name of letters, digits or `_`"

@@ -38,7 +38,9 @@ impl AddrSpec {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
         if !valid {
-            return Err(format!("address `{s}` is neither `ip:port` nor `hostname:port`"));
+            return Err(format!(
+                "address `{s}` is neither `ip:port` nor `hostname:port`"
+            ));
         }
         Ok(AddrSpec::Name {
             host: host.to_string(),
@@ -261,9 +263,15 @@ mod tests {
 
     #[test]
     fn parse_addrs() {
-        assert!(matches!(AddrSpec::parse("127.0.0.1:80"), Ok(AddrSpec::Ip(_))));
+        assert!(matches!(
+            AddrSpec::parse("127.0.0.1:80"),
+            Ok(AddrSpec::Ip(_))
+        ));
         assert!(matches!(AddrSpec::parse("[::1]:80"), Ok(AddrSpec::Ip(_))));
-        assert!(matches!(AddrSpec::parse("localhost:80"), Ok(AddrSpec::Name { .. })));
+        assert!(matches!(
+            AddrSpec::parse("localhost:80"),
+            Ok(AddrSpec::Name { .. })
+        ));
         assert!(AddrSpec::parse("localhost").is_err());
         assert!(AddrSpec::parse("localhost:99999").is_err());
         assert!(AddrSpec::parse("a b:80").is_err());
@@ -277,7 +285,10 @@ mod tests {
         assert_eq!(m.current().len(), 1);
         m.register(b, 3, Some(std::time::Duration::from_millis(1)));
         assert_eq!(m.current().len(), 2);
-        assert_eq!(m.expire(Instant::now() + std::time::Duration::from_secs(1)), vec![b]);
+        assert_eq!(
+            m.expire(Instant::now() + std::time::Duration::from_secs(1)),
+            vec![b]
+        );
         assert_eq!(m.current().len(), 1);
         assert!(m.deregister(a));
         assert!(m.current().is_empty());

@@ -171,7 +171,10 @@ impl Upstream {
             && cfg.discovery.is_none()
             && cfg.backends.iter().all(|b| b.weight == 0)
         {
-            errors.push(("backends".into(), "the total weight of the backends is 0".into()));
+            errors.push((
+                "backends".into(),
+                "the total weight of the backends is 0".into(),
+            ));
         }
         let hash_key = match cfg.hash_key.as_deref() {
             None => HashKey::ClientIp,
@@ -270,7 +273,9 @@ impl Upstream {
         let current = self.membership.current();
         let old = self.states.load();
         let same = current.len() == old.len()
-            && current.iter().all(|b| inet(b).is_some_and(|a| old.contains_key(&a)));
+            && current
+                .iter()
+                .all(|b| inet(b).is_some_and(|a| old.contains_key(&a)));
         if same {
             return;
         }
@@ -338,7 +343,11 @@ impl Upstream {
 
     pub fn healthy_count(&self) -> usize {
         let be = self.backends();
-        self.membership.current().iter().filter(|b| be.ready(b)).count()
+        self.membership
+            .current()
+            .iter()
+            .filter(|b| be.ready(b))
+            .count()
     }
 
     pub fn state_of(&self, addr: &SocketAddr) -> Option<Arc<BackendState>> {
@@ -347,9 +356,8 @@ impl Upstream {
 
     /// Pick a healthy backend not in `tried`. `key` feeds consistent hashing.
     pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<Arc<BackendState>> {
-        let accept = |b: &Backend, healthy: bool| {
-            healthy && inet(b).is_some_and(|a| !tried.contains(&a))
-        };
+        let accept =
+            |b: &Backend, healthy: bool| healthy && inet(b).is_some_and(|a| !tried.contains(&a));
         let states = self.states.load();
         let chosen = match &self.selector {
             Selector::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
@@ -409,7 +417,10 @@ impl Upstream {
                 match tokio::net::lookup_host((host.as_str(), port)).await {
                     Ok(addrs) => {
                         if self.membership.set_resolved(i, addrs.collect()) {
-                            log::info!("upstream `{}`: `{host}` resolves to new addresses", self.name);
+                            log::info!(
+                                "upstream `{}`: `{host}` resolves to new addresses",
+                                self.name
+                            );
                         }
                     }
                     Err(e) => {
@@ -425,8 +436,10 @@ impl Upstream {
         self.apply_membership().await;
         if let Some(hc) = &self.config.health_check {
             if now_ms >= self.next_health.load(Ordering::Relaxed) {
-                self.next_health
-                    .store(now_ms + hc.interval.get().as_millis() as u64, Ordering::Relaxed);
+                self.next_health.store(
+                    now_ms + hc.interval.get().as_millis() as u64,
+                    Ordering::Relaxed,
+                );
                 self.backends().run_health_check(true).await;
             }
         }
@@ -439,8 +452,10 @@ impl Upstream {
             self.backends().run_health_check(true).await;
             let now_ms = self.ms_since_epoch(Instant::now());
             if let Some(hc) = &self.config.health_check {
-                self.next_health
-                    .store(now_ms + hc.interval.get().as_millis() as u64, Ordering::Relaxed);
+                self.next_health.store(
+                    now_ms + hc.interval.get().as_millis() as u64,
+                    Ordering::Relaxed,
+                );
             }
         }
     }

@@ -1,0 +1,465 @@
+//! Test harness: runs the real `portcullis` binary on ephemeral ports against real
+//! upstream HTTP servers (hyper) started by the test.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+// ---------------------------------------------------------------- upstream servers
+
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// Echo the request as JSON with status 200.
+    Echo,
+    /// Answer with this status (JSON echo body).
+    Status(u16),
+    /// Wait this long, then echo.
+    Delay(Duration),
+}
+
+pub type Handler = Arc<dyn Fn(&Request<Incoming>) -> Option<Response<Full<Bytes>>> + Send + Sync>;
+
+struct UpstreamState {
+    name: String,
+    hits: AtomicUsize,
+    mode: Mutex<Mode>,
+    /// Requests seen per path.
+    paths: Mutex<HashMap<String, usize>>,
+    last_headers: Mutex<Option<http::HeaderMap>>,
+    handler: Mutex<Option<Handler>>,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    state: Arc<UpstreamState>,
+    stop: Option<watch::Sender<bool>>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Upstream {
+        let state = Arc::new(UpstreamState {
+            name: name.to_string(),
+            hits: AtomicUsize::new(0),
+            mode: Mutex::new(Mode::Echo),
+            paths: Mutex::new(HashMap::new()),
+            last_headers: Mutex::new(None),
+            handler: Mutex::new(None),
+        });
+        let mut up = Upstream {
+            addr,
+            state,
+            stop: None,
+        };
+        up.listen(addr).await;
+        up
+    }
+
+    async fn listen(&mut self, addr: SocketAddr) {
+        let listener = {
+            let mut tries = 0;
+            loop {
+                match TcpListener::bind(addr).await {
+                    Ok(l) => break l,
+                    Err(e) if tries < 50 => {
+                        tries += 1;
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("bind {addr}: {e}"),
+                }
+            }
+        };
+        self.addr = listener.local_addr().unwrap();
+        let (tx, rx) = watch::channel(false);
+        self.stop = Some(tx);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let mut rx_accept = rx.clone();
+            loop {
+                tokio::select! {
+                    _ = rx_accept.changed() => break,
+                    acc = listener.accept() => {
+                        let Ok((stream, _)) = acc else { continue };
+                        let state = state.clone();
+                        let mut rx_conn = rx.clone();
+                        tokio::spawn(async move {
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let svc = hyper::service::service_fn(move |req| {
+                                let state = state.clone();
+                                async move { Ok::<_, std::convert::Infallible>(handle(state, req).await) }
+                            });
+                            let conn = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(io, svc)
+                                .with_upgrades();
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = rx_conn.changed() => {}
+                            }
+                        });
+                    }
+                }
+            }
+        });
+    }
+
+    /// Stop listening and drop every open connection: the backend is dead.
+    pub fn kill(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(true);
+        }
+    }
+
+    /// Listen again on the same address.
+    pub async fn revive(&mut self) {
+        let addr = self.addr;
+        self.listen(addr).await;
+    }
+
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn hits_for(&self, path: &str) -> usize {
+        self.state
+            .paths
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn reset_hits(&self) {
+        self.state.hits.store(0, Ordering::SeqCst);
+        self.state.paths.lock().unwrap().clear();
+    }
+
+    pub fn set_mode(&self, m: Mode) {
+        *self.state.mode.lock().unwrap() = m;
+    }
+
+    /// Answer with a custom response when `f` returns Some.
+    pub fn set_handler(&self, f: Handler) {
+        *self.state.handler.lock().unwrap() = Some(f);
+    }
+
+    pub fn last_headers(&self) -> Option<http::HeaderMap> {
+        self.state.last_headers.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn handle(state: Arc<UpstreamState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    if path == "/health" {
+        return match state.mode.lock().unwrap().clone() {
+            Mode::Status(s) if s >= 500 => resp(s, b"unhealthy".to_vec(), "text/plain"),
+            _ => resp(200, b"ok".to_vec(), "text/plain"),
+        };
+    }
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    *state.paths.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
+    *state.last_headers.lock().unwrap() = Some(req.headers().clone());
+    let custom = state.handler.lock().unwrap().clone();
+    if let Some(h) = custom {
+        if let Some(r) = h(&req) {
+            return r;
+        }
+    }
+    let mode = state.mode.lock().unwrap().clone();
+    let method = req.method().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::json!(String::from_utf8_lossy(v.as_bytes())),
+            )
+        })
+        .collect();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    let echo = serde_json::json!({
+        "upstream": state.name, "method": method, "path": path, "query": query,
+        "headers": headers, "body_bytes": body,
+    });
+    let bytes = serde_json::to_vec(&echo).unwrap();
+    match mode {
+        Mode::Echo => resp(200, bytes, "application/json"),
+        Mode::Status(s) => resp(s, bytes, "application/json"),
+        Mode::Delay(d) => {
+            tokio::time::sleep(d).await;
+            resp(200, bytes, "application/json")
+        }
+    }
+}
+
+pub fn resp(status: u16, body: Vec<u8>, ctype: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- the gateway
+
+pub struct Gateway {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub admin_port: u16,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// sha256("test-admin-token")
+pub fn admin_token_sha256() -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(ADMIN_TOKEN.as_bytes()))
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis")
+}
+
+/// `portcullis -t -c <yaml>`: (exit success, stdout + stderr).
+pub fn validate(yaml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(bin())
+        .arg("-t")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+impl Gateway {
+    /// Start the gateway with `yaml`, in which `{port}` and `{admin_port}` are replaced by
+    /// free ports and `{admin_sha}` by the digest of [`ADMIN_TOKEN`].
+    pub async fn start(yaml: &str) -> Gateway {
+        Self::start_with(yaml, &[]).await
+    }
+
+    pub async fn start_with(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        let port = free_port();
+        let admin_port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = yaml
+            .replace("{port}", &port.to_string())
+            .replace("{admin_port}", &admin_port.to_string())
+            .replace("{admin_sha}", &admin_token_sha256())
+            .replace("{dir}", &dir.path().display().to_string());
+        let config_path = dir.path().join("portcullis.yaml");
+        std::fs::write(&config_path, &yaml).unwrap();
+        let server_conf = dir.path().join("pingora.yaml");
+        let mut f = std::fs::File::create(&server_conf).unwrap();
+        writeln!(
+            f,
+            "---\nversion: 1\nthreads: 2\npid_file: {d}/portcullis.pid\nupgrade_sock: {d}/upgrade.sock\ngrace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 1",
+            d = dir.path().display()
+        )
+        .unwrap();
+        let log_path = dir.path().join("gateway.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("-c")
+            .arg(&config_path)
+            .arg("--server-conf")
+            .arg(&server_conf)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn portcullis");
+        let mut gw = Gateway {
+            child: Some(child),
+            port,
+            admin_port,
+            dir,
+            config_path,
+            log_path,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("portcullis exited with {status}:\n{}", self.log());
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("portcullis did not start listening:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin_port, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Replace the config file (same placeholder rules as `start`).
+    pub fn write_config(&self, yaml: &str) {
+        let yaml = yaml
+            .replace("{port}", &self.port.to_string())
+            .replace("{admin_port}", &self.admin_port.to_string())
+            .replace("{admin_sha}", &admin_token_sha256())
+            .replace("{dir}", &self.dir.path().display().to_string());
+        std::fs::write(&self.config_path, yaml).unwrap();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut rb = client()
+            .request(method, self.admin_url(path))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let r = rb.send().await.expect("admin request");
+        let status = r.status().as_u16();
+        let v = r.json().await.unwrap_or(serde_json::Value::Null);
+        (status, v)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- gateway log ----\n{}", self.log());
+        }
+    }
+}
+
+/// GET and return (status, headers, body as JSON or Null).
+pub async fn get_json(
+    c: &reqwest::Client,
+    url: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let r = c.get(url).send().await.expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.bytes().await.unwrap_or_default();
+    let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    (status, headers, v)
+}
+
+/// Send raw bytes on a new connection and return the raw response text.
+pub async fn raw(port: u16, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Poll `f` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
