@@ -4,6 +4,7 @@
 //! → request path ([`proxy::Gateway`]).
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod observe;
 pub mod proxy;

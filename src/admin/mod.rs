@@ -106,6 +106,11 @@ impl AdminApp {
                             "healthy": healthy,
                             "in_flight": st.as_ref().map(|s| s.in_flight.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0),
                             "requests": st.as_ref().map(|s| s.requests.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0),
+                            "circuit": match st.as_ref().map(|s| s.breaker.state()) {
+                                Some(crate::upstream::breaker::OPEN) => "open",
+                                Some(crate::upstream::breaker::HALF_OPEN) => "half_open",
+                                _ => "closed",
+                            },
                         })
                     })
                     .collect();

@@ -94,7 +94,7 @@ pub enum LbKind {
     LeastRequest,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     #[serde(default)]
@@ -114,6 +114,181 @@ pub struct UpstreamConfig {
     /// How often backends given as host names are re-resolved.
     #[serde(default = "default_dns_refresh")]
     pub dns_refresh: Dur,
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreakerConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Consecutive failures that open the breaker.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// Also open when this share of requests in `window` failed (after `min_requests`).
+    #[serde(default)]
+    pub failure_ratio: Option<f64>,
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    #[serde(default = "default_breaker_window")]
+    pub window: Dur,
+    #[serde(default = "default_open_for")]
+    pub open_for: Dur,
+    /// Repeated trips double the open time up to this.
+    #[serde(default = "default_max_open_for")]
+    pub max_open_for: Dur,
+    #[serde(default = "default_half_open_probes")]
+    pub half_open_probes: u32,
+    /// Upstream statuses that count as failures (connect errors and timeouts always do).
+    #[serde(default = "default_failure_statuses")]
+    pub failure_statuses: Vec<u16>,
+    /// At most this share of an upstream's backends is ejected at once (at least one).
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        CircuitBreakerConfig {
+            enabled: true,
+            failure_threshold: default_failure_threshold(),
+            failure_ratio: None,
+            min_requests: default_min_requests(),
+            window: default_breaker_window(),
+            open_for: default_open_for(),
+            max_open_for: default_max_open_for(),
+            half_open_probes: default_half_open_probes(),
+            failure_statuses: default_failure_statuses(),
+            max_ejection_percent: default_max_ejection_percent(),
+        }
+    }
+}
+
+fn default_failure_threshold() -> u32 {
+    5
+}
+fn default_min_requests() -> u32 {
+    20
+}
+fn default_breaker_window() -> Dur {
+    Dur::secs(10)
+}
+fn default_open_for() -> Dur {
+    Dur::secs(30)
+}
+fn default_max_open_for() -> Dur {
+    Dur::secs(300)
+}
+fn default_half_open_probes() -> u32 {
+    3
+}
+fn default_failure_statuses() -> Vec<u16> {
+    vec![502, 503, 504]
+}
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+
+/// A retry condition: `connect_error`, `timeout`, `reset` or an upstream status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryOn {
+    ConnectError,
+    Timeout,
+    /// The connection failed after it was made (reset, closed, malformed response).
+    Reset,
+    Status(u16),
+}
+
+impl<'de> Deserialize<'de> for RetryOn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_yaml::Value::deserialize(d)?;
+        match &v {
+            serde_yaml::Value::Number(n) => n
+                .as_u64()
+                .filter(|c| (100..=599).contains(c))
+                .map(|c| RetryOn::Status(c as u16))
+                .ok_or_else(|| D::Error::custom(format!("`{n}` is not an HTTP status"))),
+            serde_yaml::Value::String(s) => match s.as_str() {
+                "connect_error" => Ok(RetryOn::ConnectError),
+                "timeout" => Ok(RetryOn::Timeout),
+                "reset" => Ok(RetryOn::Reset),
+                other => other
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+                    .map(RetryOn::Status)
+                    .ok_or_else(|| {
+                        D::Error::custom(format!(
+                            "`{other}`: retry conditions are connect_error, timeout, reset or a status such as 503"
+                        ))
+                    }),
+            },
+            _ => Err(D::Error::custom("a retry condition is a name or a status")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Retries after the first try (0 disables retries).
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    #[serde(default = "default_backoff")]
+    pub backoff: Dur,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Dur,
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOn>,
+    /// Retries may not exceed this share of the upstream's requests over 10 s.
+    #[serde(default = "default_budget")]
+    pub budget: f64,
+    /// Retries always allowed per 10 s window, whatever the budget (low-traffic upstreams).
+    #[serde(default = "default_budget_min")]
+    pub budget_min: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: default_attempts(),
+            backoff: default_backoff(),
+            max_backoff: default_max_backoff(),
+            on: default_retry_on(),
+            budget: default_budget(),
+            budget_min: default_budget_min(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    2
+}
+fn default_backoff() -> Dur {
+    Dur::millis(25)
+}
+fn default_max_backoff() -> Dur {
+    Dur::millis(250)
+}
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![
+        RetryOn::ConnectError,
+        RetryOn::Timeout,
+        RetryOn::Reset,
+        RetryOn::Status(502),
+        RetryOn::Status(503),
+        RetryOn::Status(504),
+    ]
+}
+fn default_budget() -> f64 {
+    0.2
+}
+fn default_budget_min() -> u32 {
+    10
 }
 
 fn default_dns_refresh() -> Dur {

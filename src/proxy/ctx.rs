@@ -2,6 +2,7 @@
 
 use super::respond::Reject;
 use crate::snapshot::Snapshot;
+use crate::upstream::retry::Failure;
 use crate::upstream::{InFlight, Upstream};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -27,6 +28,14 @@ pub struct Ctx {
     pub tried: Vec<SocketAddr>,
     pub retries: u32,
     pub deadline: Option<Instant>,
+    /// The current attempt's outcome was recorded on its breaker.
+    pub attempt_recorded: bool,
+    /// Wait this long before the next attempt.
+    pub backoff: Option<std::time::Duration>,
+    pub last_failure: Option<Failure>,
+    pub budget_exhausted: bool,
+    /// The status that triggered the last status-based retry.
+    pub retry_status: Option<u16>,
 }
 
 impl Default for Ctx {
@@ -47,6 +56,11 @@ impl Default for Ctx {
             tried: Vec::new(),
             retries: 0,
             deadline: None,
+            attempt_recorded: false,
+            backoff: None,
+            last_failure: None,
+            budget_exhausted: false,
+            retry_status: None,
         }
     }
 }

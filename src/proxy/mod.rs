@@ -1,6 +1,7 @@
 //! The one `ProxyHttp` implementation. Each phase reads like the request flow in the
 //! design notes and delegates to the modules that do the work.
 
+pub mod attempt;
 pub mod ctx;
 pub mod forwarded;
 pub mod respond;
@@ -8,7 +9,8 @@ pub mod respond;
 use crate::observe::request_id;
 use crate::routing::{self, path, Lookup};
 use crate::runtime::Runtime;
-use crate::upstream::{HashKey, InFlight};
+use crate::upstream::retry::Failure;
+use crate::upstream::{HashKey, InFlight, NoBackend};
 use async_trait::async_trait;
 use ctx::Ctx;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -205,10 +207,18 @@ impl ProxyHttp for Gateway {
                 };
                 let u = route.target.pick(rand::random::<u32>()).clone();
                 ctx.deadline = Some(ctx.start + u.config.timeouts.total.get());
+                u.retry.on_request(crate::clock::now_ms());
                 ctx.upstream = Some(u.clone());
                 u
             }
         };
+        if let Some(delay) = ctx.backoff.take() {
+            let left = ctx
+                .deadline
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(delay);
+            tokio::time::sleep(delay.min(left)).await;
+        }
         let remaining = ctx
             .deadline
             .map(|d| d.saturating_duration_since(Instant::now()))
@@ -217,7 +227,7 @@ impl ProxyHttp for Gateway {
             ctx.reject = Some(Reject::new(
                 504,
                 "gateway_timeout",
-                "the request ran out of time",
+                "the upstream did not answer in time",
             ));
             return Error::e_explain(ErrorType::HTTPStatus(504), "total timeout");
         }
@@ -229,50 +239,128 @@ impl ProxyHttp for Gateway {
             }
             ref k => hash_key(session, ctx, k),
         };
-        let Some(state) = upstream.select(&key, &ctx.tried) else {
-            let reject = if ctx.tried.is_empty() {
-                Reject::new(
-                    503,
-                    "no_healthy_backend",
-                    format!("upstream `{}` has no healthy backend", upstream.name),
-                )
-                .header("retry-after", "1")
-            } else {
-                Reject::new(
-                    502,
-                    "bad_gateway",
-                    format!(
-                        "no backend of upstream `{}` could be reached",
-                        upstream.name
-                    ),
-                )
-            };
-            let status = reject.status;
-            ctx.reject = Some(reject);
-            return Error::e_explain(ErrorType::HTTPStatus(status), "no backend available");
+        // a retry prefers another backend; the same one is acceptable when it is the only one
+        let selected = match upstream.select(&key, &ctx.tried, ctx.retries > 0) {
+            Ok(s) => s,
+            Err(why) => {
+                let reject = match why {
+                    NoBackend::CircuitOpen(ms) => Reject::new(
+                        503,
+                        "circuit_open",
+                        format!(
+                            "upstream `{}` is failing; its circuit breaker is open",
+                            upstream.name
+                        ),
+                    )
+                    .header("retry-after", ms.div_ceil(1000).max(1).to_string()),
+                    NoBackend::NoneHealthy => Reject::new(
+                        503,
+                        "no_healthy_backend",
+                        format!("upstream `{}` has no healthy backend", upstream.name),
+                    )
+                    .header("retry-after", "1"),
+                    NoBackend::Exhausted => match ctx.last_failure {
+                        Some(Failure::Timeout) => Reject::new(
+                            504,
+                            "gateway_timeout",
+                            "the upstream did not answer in time",
+                        ),
+                        _ => Reject::new(
+                            502,
+                            "bad_gateway",
+                            format!(
+                                "no backend of upstream `{}` could be reached",
+                                upstream.name
+                            ),
+                        ),
+                    },
+                };
+                let status = reject.status;
+                ctx.reject = Some(reject);
+                return Error::e_explain(ErrorType::HTTPStatus(status), "no backend available");
+            }
         };
-        ctx.tried.push(state.addr);
-        let peer = state.peer(remaining);
-        ctx.backend = Some(InFlight::new(state));
+        ctx.tried.push(selected.state.addr);
+        ctx.attempt_recorded = false;
+        let peer = selected
+            .state
+            .peer(remaining.min(upstream.config.timeouts.read.get()));
+        ctx.backend = Some(InFlight::new(selected.state));
         Ok(Box::new(peer))
     }
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // A connection that was never made is safe to try elsewhere, whatever the method.
-        if let Some(u) = &ctx.upstream {
-            let others = u.healthy_count().saturating_sub(ctx.tried.len());
-            if others > 0 && ctx.retries < 2 {
-                ctx.retries += 1;
+        attempt::record_failure(ctx);
+        let failure = attempt::classify(&e).unwrap_or(Failure::ConnectError);
+        // nothing reached the backend: safe to retry elsewhere whatever the method
+        let retry = attempt::should_retry(session, ctx, failure, false, false);
+        ctx.last_failure = Some(failure);
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if let ErrorType::HTTPStatus(code) = e.etype() {
+            if ctx.retry_status.take() == Some(*code) {
+                // upstream_response_filter already recorded it and decided to retry
                 e.set_retry(true);
+                return e;
             }
         }
+        let Some(failure) = attempt::classify(&e) else {
+            // the client went away or the gateway failed: not the backend's fault
+            e.set_retry(false);
+            return e;
+        };
+        attempt::record_failure(ctx);
+        // a pooled connection the backend had already closed is retried as Pingora does
+        let stale_pooled = client_reused
+            && matches!(e.retry, pingora_error::RetryType::ReusedOnly)
+            && matches!(failure, Failure::Reset);
+        let retry = attempt::should_retry(session, ctx, failure, true, stale_pooled);
+        ctx.last_failure = Some(failure);
+        e.set_retry(retry);
         e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        let Some(upstream) = ctx.upstream.clone() else {
+            return Ok(());
+        };
+        if upstream.is_failure_status(status) {
+            attempt::record_failure(ctx);
+        } else {
+            attempt::record_success(ctx);
+        }
+        if upstream.retry.retries_status(status)
+            && attempt::should_retry(session, ctx, Failure::Status(status), true, false)
+        {
+            ctx.retry_status = Some(status);
+            let mut e = Error::new_up(ErrorType::HTTPStatus(status));
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(

@@ -1,11 +1,16 @@
 //! Upstream pools on pingora-load-balancing: weighted selection, membership (static,
 //! DNS, runtime registration), active health checks and per-backend state.
 
+pub mod breaker;
 pub mod discovery;
+pub mod retry;
+pub mod window;
 
+use crate::clock::now_ms;
 use crate::config::{HealthCheckKind, LbKind, UpstreamConfig};
 use ahash::AHashMap;
 use arc_swap::ArcSwap;
+use breaker::{Admit, Breaker, BreakerPolicy, Ejections};
 use discovery::{AddrSpec, Membership, MembershipDiscovery};
 use http::HeaderName;
 use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
@@ -13,6 +18,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use retry::RetryPolicy;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -59,13 +65,21 @@ impl HashKey {
 /// Live state of one backend address.
 pub struct BackendState {
     pub addr: SocketAddr,
+    /// `upstream/addr`, for logs.
+    pub label: String,
     pub in_flight: AtomicI64,
     pub requests: AtomicU64,
+    pub breaker: Breaker,
     peer: HttpPeer,
 }
 
 impl BackendState {
-    fn new(addr: SocketAddr, up: &UpstreamConfig) -> BackendState {
+    fn new(
+        name: &str,
+        addr: SocketAddr,
+        up: &UpstreamConfig,
+        policy: &BreakerPolicy,
+    ) -> BackendState {
         let mut peer = HttpPeer::new(addr, false, String::new());
         let t = &up.timeouts;
         peer.options.connection_timeout = Some(t.connect.get());
@@ -75,8 +89,10 @@ impl BackendState {
         peer.options.idle_timeout = Some(t.idle.get());
         BackendState {
             addr,
+            label: format!("{name}/{addr}"),
             in_flight: AtomicI64::new(0),
             requests: AtomicU64::new(0),
+            breaker: Breaker::new(policy),
             peer,
         }
     }
@@ -128,10 +144,31 @@ macro_rules! with_lb {
     };
 }
 
+/// Why no backend could be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoBackend {
+    /// Every candidate's circuit is open; the first half-opens in this many ms.
+    CircuitOpen(u64),
+    /// No backend is healthy (or none is registered).
+    NoneHealthy,
+    /// Every healthy backend was already tried for this request.
+    Exhausted,
+}
+
+/// A chosen backend.
+pub struct Selected {
+    pub state: Arc<BackendState>,
+    /// A half-open probe: its outcome closes or re-opens the circuit.
+    pub probe: bool,
+}
+
 pub struct Upstream {
     pub name: Arc<str>,
     pub config: UpstreamConfig,
     pub hash_key: HashKey,
+    pub breaker_policy: BreakerPolicy,
+    pub ejections: Ejections,
+    pub retry: RetryPolicy,
     selector: Selector,
     pub membership: Arc<Membership>,
     states: ArcSwap<AHashMap<SocketAddr, Arc<BackendState>>>,
@@ -206,6 +243,60 @@ impl Upstream {
                 errors.push(("health_check.path".into(), "must start with `/`".into()));
             }
         }
+        let cb = &cfg.circuit_breaker;
+        if cb.failure_threshold == 0 {
+            errors.push((
+                "circuit_breaker.failure_threshold".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if cb.half_open_probes == 0 {
+            errors.push((
+                "circuit_breaker.half_open_probes".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if cb.failure_ratio.is_some_and(|r| !(r > 0.0 && r <= 1.0)) {
+            errors.push((
+                "circuit_breaker.failure_ratio".into(),
+                "must be in (0, 1]".into(),
+            ));
+        }
+        if cb.max_ejection_percent > 100 {
+            errors.push((
+                "circuit_breaker.max_ejection_percent".into(),
+                "must be 0..100".into(),
+            ));
+        }
+        if cb.open_for.get().is_zero() || cb.max_open_for < cb.open_for {
+            errors.push((
+                "circuit_breaker.open_for".into(),
+                "must be above 0 and at most max_open_for".into(),
+            ));
+        }
+        if let Some(bad) = cb
+            .failure_statuses
+            .iter()
+            .find(|s| !(100..=599).contains(*s))
+        {
+            errors.push((
+                "circuit_breaker.failure_statuses".into(),
+                format!("`{bad}` is not an HTTP status"),
+            ));
+        }
+        let rt = &cfg.retry;
+        if !(rt.budget > 0.0 && rt.budget <= 1.0) {
+            errors.push(("retry.budget".into(), "must be a fraction in (0, 1]".into()));
+        }
+        if rt.attempts > 10 {
+            errors.push(("retry.attempts".into(), "at most 10 retries".into()));
+        }
+        if rt.max_backoff < rt.backoff {
+            errors.push((
+                "retry.max_backoff".into(),
+                "must be at least `backoff`".into(),
+            ));
+        }
         let t = &cfg.timeouts;
         for (k, v) in [("connect", t.connect), ("read", t.read), ("total", t.total)] {
             if v.get().is_zero() {
@@ -249,10 +340,24 @@ impl Upstream {
                 Selector::LeastRequest(LoadBalancer::from_backends(new_backends()))
             }
         };
+        let cb = &cfg.circuit_breaker;
+        let breaker_policy = BreakerPolicy {
+            enabled: cb.enabled,
+            failure_threshold: cb.failure_threshold,
+            failure_ratio: cb.failure_ratio,
+            min_requests: cb.min_requests,
+            window_ms: cb.window.get().as_millis() as u64,
+            open_for_ms: cb.open_for.get().as_millis() as u64,
+            max_open_for_ms: cb.max_open_for.get().as_millis() as u64,
+            half_open_probes: cb.half_open_probes,
+        };
         let up = Upstream {
             name: name.into(),
             config: cfg.clone(),
             hash_key,
+            breaker_policy,
+            ejections: Ejections::new(cb.max_ejection_percent),
+            retry: RetryPolicy::new(&cfg.retry),
             selector,
             membership,
             states: ArcSwap::from_pointee(AHashMap::new()),
@@ -282,13 +387,24 @@ impl Upstream {
         let mut next = AHashMap::with_capacity(current.len());
         for b in current.iter() {
             if let Some(a) = inet(b) {
-                let st = old
-                    .get(&a)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(BackendState::new(a, &self.config)));
+                let st = old.get(&a).cloned().unwrap_or_else(|| {
+                    Arc::new(BackendState::new(
+                        &self.name,
+                        a,
+                        &self.config,
+                        &self.breaker_policy,
+                    ))
+                });
                 next.insert(a, st);
             }
         }
+        // ejections of backends that left the pool no longer count
+        let ejected = next
+            .values()
+            .filter(|s| s.breaker.state() != breaker::CLOSED)
+            .count();
+        self.ejections.ejected.store(ejected, Ordering::Release);
+        self.ejections.backends.store(next.len(), Ordering::Release);
         self.states.store(Arc::new(next));
     }
 
@@ -341,6 +457,26 @@ impl Upstream {
             .collect()
     }
 
+    /// Record the outcome of one attempt on `state` (breaker bookkeeping).
+    pub fn record(&self, state: &BackendState, failed: bool) {
+        if failed {
+            state
+                .breaker
+                .on_failure(&self.breaker_policy, &self.ejections, &state.label);
+        } else {
+            state
+                .breaker
+                .on_success(&self.breaker_policy, &self.ejections, &state.label);
+        }
+    }
+
+    pub fn is_failure_status(&self, status: u16) -> bool {
+        self.config
+            .circuit_breaker
+            .failure_statuses
+            .contains(&status)
+    }
+
     pub fn healthy_count(&self) -> usize {
         let be = self.backends();
         self.membership
@@ -354,11 +490,78 @@ impl Upstream {
         self.states.load().get(addr).cloned()
     }
 
-    /// Pick a healthy backend not in `tried`. `key` feeds consistent hashing.
-    pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<Arc<BackendState>> {
-        let accept =
-            |b: &Backend, healthy: bool| healthy && inet(b).is_some_and(|a| !tried.contains(&a));
+    /// Pick a healthy backend whose circuit admits traffic, preferring ones not in
+    /// `tried` (falling back to a tried one only when `allow_tried`). `key` feeds
+    /// consistent hashing.
+    pub fn select(
+        &self,
+        key: &[u8],
+        tried: &[SocketAddr],
+        allow_tried: bool,
+    ) -> Result<Selected, NoBackend> {
+        let now = now_ms();
         let states = self.states.load();
+        let mut skip: Vec<SocketAddr> = Vec::new();
+        let mut exclude_tried = true;
+        for _ in 0..8 {
+            let chosen = self.pick(key, &states, now, |a| {
+                !(skip.contains(a) || exclude_tried && tried.contains(a))
+            });
+            let Some(addr) = chosen else {
+                if exclude_tried && allow_tried && !tried.is_empty() {
+                    exclude_tried = false;
+                    continue;
+                }
+                return Err(self.why_none(&states, now, tried));
+            };
+            let state = match states.get(&addr) {
+                Some(s) => s.clone(),
+                // membership changed between the selector and the state map
+                None => Arc::new(BackendState::new(
+                    &self.name,
+                    addr,
+                    &self.config,
+                    &self.breaker_policy,
+                )),
+            };
+            match state.breaker.admit(&self.breaker_policy, now, &state.label) {
+                Admit::Yes => {
+                    return Ok(Selected {
+                        state,
+                        probe: false,
+                    })
+                }
+                Admit::Probe => return Ok(Selected { state, probe: true }),
+                Admit::No => skip.push(addr),
+            }
+        }
+        Err(self.why_none(&states, now, tried))
+    }
+
+    /// One pass of the load-balancing algorithm over healthy, admissible backends.
+    fn pick<F: Fn(&SocketAddr) -> bool>(
+        &self,
+        key: &[u8],
+        states: &AHashMap<SocketAddr, Arc<BackendState>>,
+        now: u64,
+        extra: F,
+    ) -> Option<SocketAddr> {
+        let policy = &self.breaker_policy;
+        let accept = |b: &Backend, healthy: bool| {
+            if !healthy {
+                return false;
+            }
+            let Some(a) = inet(b) else { return false };
+            if !extra(&a) {
+                return false;
+            }
+            // an open circuit takes the backend out of rotation until it may half-open
+            states.get(&a).is_none_or(|s| {
+                !policy.enabled
+                    || s.breaker.state() == breaker::CLOSED
+                    || s.breaker.ms_until_half_open(now) == 0
+            })
+        };
         let chosen = match &self.selector {
             Selector::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
             Selector::Random(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
@@ -384,11 +587,39 @@ impl Upstream {
                 }
             }
         }?;
-        let addr = inet(&chosen)?;
-        match states.get(&addr) {
-            Some(s) => Some(s.clone()),
-            // membership changed between the selector and the state map: make one up
-            None => Some(Arc::new(BackendState::new(addr, &self.config))),
+        inet(&chosen)
+    }
+
+    fn why_none(
+        &self,
+        states: &AHashMap<SocketAddr, Arc<BackendState>>,
+        now: u64,
+        tried: &[SocketAddr],
+    ) -> NoBackend {
+        let be = self.backends();
+        let current = self.membership.current();
+        let mut healthy = 0usize;
+        let mut open_wait: Option<u64> = None;
+        for b in current.iter() {
+            if !be.ready(b) {
+                continue;
+            }
+            healthy += 1;
+            if let Some(s) = inet(b).and_then(|a| states.get(&a)) {
+                if s.breaker.state() != breaker::CLOSED {
+                    let w = s.breaker.ms_until_half_open(now).max(1);
+                    open_wait = Some(open_wait.map_or(w, |x: u64| x.min(w)));
+                }
+            }
+        }
+        if healthy == 0 {
+            NoBackend::NoneHealthy
+        } else if !tried.is_empty() {
+            NoBackend::Exhausted
+        } else if let Some(w) = open_wait {
+            NoBackend::CircuitOpen(w)
+        } else {
+            NoBackend::NoneHealthy
         }
     }
 

@@ -1,0 +1,276 @@
+//! Upstream resilience through the real binary: retries, circuit breakers, ejection cap,
+//! retry budget and timeouts, against upstreams that refuse, hang, fail or recover.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn config(backends: &[&Upstream], extra: &str) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ addr: \"{}\" }}", b.addr))
+        .collect();
+    format!(
+        r#"
+server:
+  listen: ["127.0.0.1:{{port}}"]
+  admin: {{ listen: "127.0.0.1:{{admin_port}}", token_sha256: "{{admin_sha}}" }}
+upstreams:
+  u:
+    backends: [{}]
+{extra}
+routes:
+  - {{ match: {{ path: "/**" }}, upstream: u }}
+  - {{ match: {{ path: "/idem/**" }}, upstream: u, idempotent: true }}
+"#,
+        list.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn killed_backend_causes_no_client_errors_for_gets() {
+    let a = Upstream::start("a").await;
+    let mut b = Upstream::start("b").await;
+    let gw = Gateway::start(&config(&[&a, &b], "")).await;
+    let c = client();
+    let errors = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let c = c.clone();
+        let url = gw.url("/x");
+        let errors = errors.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let end = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < end {
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {}
+                    _ => {
+                        errors.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    b.kill(); // mid-run: open keep-alive connections die, new connects are refused
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(done.load(Ordering::SeqCst) > 100, "load ran");
+    assert_eq!(
+        errors.load(Ordering::SeqCst),
+        0,
+        "GETs were retried on the surviving backend"
+    );
+}
+
+#[tokio::test]
+async fn post_is_not_retried_after_reaching_a_backend() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    a.set_mode(Mode::Status(503));
+    b.set_mode(Mode::Status(503));
+    let gw = Gateway::start(&config(
+        &[&a, &b],
+        "    circuit_breaker: { enabled: false }",
+    ))
+    .await;
+    let c = client();
+    let r = c.post(gw.url("/x")).body("payload").send().await.unwrap();
+    assert_eq!(r.status(), 503, "the upstream's answer passes through");
+    assert_eq!(a.hits() + b.hits(), 1, "a POST reached exactly one backend");
+    assert!(r.headers().get("x-retry-count").is_none());
+
+    // a GET is retried (attempts: 2 → three tries) and says so
+    a.reset_hits();
+    b.reset_hits();
+    let r = c.get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(a.hits() + b.hits(), 3);
+    assert_eq!(r.headers()["x-retry-count"], "2");
+
+    // a route that declares itself idempotent retries POSTs too
+    a.reset_hits();
+    b.reset_hits();
+    let r = c
+        .post(gw.url("/idem/x"))
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(a.hits() + b.hits(), 3);
+
+    // one backend recovers: the GET succeeds after a retry
+    a.set_mode(Mode::Echo);
+    let mut saw_retry = false;
+    for _ in 0..6 {
+        let r = c.get(gw.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        saw_retry |= r.headers().get("x-retry-count").is_some_and(|v| v == "1");
+    }
+    assert!(
+        saw_retry,
+        "round robin must have hit the failing backend first at least once"
+    );
+}
+
+#[tokio::test]
+async fn breaker_opens_answers_503_then_half_opens_and_closes() {
+    let a = Upstream::start("a").await;
+    let gw = Gateway::start(&config(
+        &[&a],
+        "    circuit_breaker: { failure_threshold: 3, open_for: 1s, half_open_probes: 2 }\n    retry: { attempts: 0 }",
+    ))
+    .await;
+    let c = client();
+    a.set_mode(Mode::Status(502));
+    for _ in 0..3 {
+        let r = c.get(gw.url("/x")).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            502,
+            "upstream failures pass through until the threshold"
+        );
+    }
+    let hits = a.hits();
+    let r = c.get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=1).contains(&retry_after), "retry-after {retry_after}");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "circuit_open");
+    assert_eq!(a.hits(), hits, "an open breaker does not touch the network");
+
+    let (_, status) = gw.admin(reqwest::Method::GET, "/admin/status", None).await;
+    assert_eq!(status["upstreams"]["u"]["backends"][0]["circuit"], "open");
+
+    // after open_for the breaker half-opens; the backend recovered; two probes close it
+    a.set_mode(Mode::Echo);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..2 {
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    }
+    let (_, status) = gw.admin(reqwest::Method::GET, "/admin/status", None).await;
+    assert_eq!(status["upstreams"]["u"]["backends"][0]["circuit"], "closed");
+    for _ in 0..5 {
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert!(gw.log().contains("circuit u/"), "transitions are logged");
+}
+
+#[tokio::test]
+async fn ejection_cap_keeps_half_the_pool() {
+    let ups = [
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+        Upstream::start("d").await,
+    ];
+    for u in &ups {
+        u.set_mode(Mode::Status(503));
+    }
+    let refs: Vec<&Upstream> = ups.iter().collect();
+    let gw = Gateway::start(&config(
+        &refs,
+        "    circuit_breaker: { failure_threshold: 2, open_for: 30s, max_ejection_percent: 50 }\n    retry: { attempts: 0 }",
+    ))
+    .await;
+    let c = client();
+    for _ in 0..40 {
+        let _ = c.get(gw.url("/x")).send().await.unwrap();
+    }
+    let (_, status) = gw.admin(reqwest::Method::GET, "/admin/status", None).await;
+    let open = status["upstreams"]["u"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["circuit"] == "open")
+        .count();
+    assert_eq!(open, 2, "at most 50% ejected: {status}");
+    // the two kept in rotation still get traffic
+    for u in &ups {
+        u.reset_hits();
+    }
+    for _ in 0..10 {
+        let _ = c.get(gw.url("/x")).send().await.unwrap();
+    }
+    let serving = ups.iter().filter(|u| u.hits() > 0).count();
+    assert_eq!(serving, 2);
+}
+
+#[tokio::test]
+async fn retry_budget_caps_retries_when_everything_fails() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    a.set_mode(Mode::Status(503));
+    b.set_mode(Mode::Status(503));
+    let gw = Gateway::start(&config(
+        &[&a, &b],
+        "    circuit_breaker: { enabled: false }\n    retry: { attempts: 3, backoff: 1ms, max_backoff: 2ms, budget: 0.2, budget_min: 5 }",
+    ))
+    .await;
+    let c = client();
+    let n = 100;
+    for _ in 0..n {
+        let r = c.get(gw.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+    }
+    let total = a.hits() + b.hits();
+    let retries = total - n;
+    // without a budget this would be 300 retries; 20% of 100 requests is 20
+    assert!(retries <= 25, "retries {retries}");
+    assert!(retries >= 5, "some retries happened: {retries}");
+}
+
+#[tokio::test]
+async fn timeouts_answer_504_within_the_bound() {
+    let a = Upstream::start("a").await;
+    a.set_mode(Mode::Delay(Duration::from_secs(5)));
+    let gw = Gateway::start(&config(
+        &[&a],
+        "    timeouts: { connect: 500ms, read: 300ms, total: 800ms }\n    retry: { attempts: 5, backoff: 10ms, max_backoff: 20ms }\n    circuit_breaker: { enabled: false }",
+    ))
+    .await;
+    let c = client();
+    let t0 = Instant::now();
+    let r = c.get(gw.url("/x")).send().await.unwrap();
+    let took = t0.elapsed();
+    assert_eq!(r.status(), 504);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "gateway_timeout");
+    // read timeouts are retried, but never past `total` (800ms) plus scheduling slack
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    assert!(took >= Duration::from_millis(300), "took {took:?}");
+}
+
+#[tokio::test]
+async fn unreachable_pool_is_502() {
+    let dead1 = free_port();
+    let dead2 = free_port();
+    let gw = Gateway::start(&format!(
+        r#"
+server:
+  listen: ["127.0.0.1:{{port}}"]
+upstreams:
+  u: {{ backends: [{{ addr: "127.0.0.1:{dead1}" }}, {{ addr: "127.0.0.1:{dead2}" }}] }}
+routes:
+  - {{ match: {{ path: "/**" }}, upstream: u }}
+"#
+    ))
+    .await;
+    let r = client().post(gw.url("/x")).body("b").send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "bad_gateway");
+}
