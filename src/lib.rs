@@ -4,8 +4,11 @@
 //! → request path ([`proxy::Gateway`]).
 
 pub mod admin;
+pub mod auth;
+pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod net;
 pub mod observe;
 pub mod proxy;
 pub mod routing;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 pub struct Snapshot {
     pub generation: u64,
+    pub auth: crate::auth::Auth,
     pub router: Router,
     pub routes: Vec<Route>,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
@@ -69,6 +70,7 @@ pub struct Route {
     pub response_headers: CompiledHeaderOps,
     pub idempotent: bool,
     pub preserve_host: bool,
+    pub auth: Option<crate::auth::RoutePolicy>,
 }
 
 impl Snapshot {
@@ -225,6 +227,8 @@ pub fn build(
             }
         }
     }
+
+    let auth = crate::auth::Auth::build(&cfg.auth, prev.map(|s| &s.auth), &mut p);
 
     // routes
     let mut specs = Vec::with_capacity(cfg.routes.len());
@@ -406,6 +410,10 @@ pub fn build(
             entry.push((i, methods));
         }
 
+        let route_auth = r
+            .auth
+            .as_ref()
+            .and_then(|a| auth.route_policy(a, &format!("{base}.auth"), &mut p));
         let request_headers = compile_header_ops(
             &r.request_headers,
             &format!("{base}.request_headers"),
@@ -439,6 +447,7 @@ pub fn build(
             response_headers,
             idempotent: r.idempotent,
             preserve_host: r.preserve_host,
+            auth: route_auth,
         });
     }
 
@@ -447,6 +456,7 @@ pub fn build(
     }
     Ok(Snapshot {
         generation,
+        auth,
         router: Router::new(specs),
         routes,
         upstreams,

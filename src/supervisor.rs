@@ -36,6 +36,11 @@ impl BackgroundService for Supervisor {
                     for u in snap.upstreams.values() {
                         tokio::spawn(u.clone().maintain());
                     }
+                    for src in snap.auth.jwks_sources() {
+                        if src.due() {
+                            tokio::spawn(async move { src.refresh().await });
+                        }
+                    }
                 }
                 Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     log::info!("SIGHUP received, reloading {}", self.runtime.config_path.display());

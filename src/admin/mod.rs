@@ -274,6 +274,55 @@ impl AdminApp {
         }
     }
 
+    /// `{"jti": "...", "until": <unix seconds>}`
+    async fn revoke(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e),
+        };
+        let v: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("invalid JSON: {e}"),
+                )
+            }
+        };
+        let Some(jti) = v
+            .get("jti")
+            .and_then(|j| j.as_str())
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+        else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "`jti` (a non-empty string) is required",
+            );
+        };
+        let Some(until) = v.get("until").and_then(|u| u.as_u64()) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "`until` (unix seconds) is required",
+            );
+        };
+        if until <= crate::auth::revocation::unix_now() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "`until` is in the past",
+            );
+        }
+        crate::auth::revocation::REVOCATIONS.add(jti.to_string(), until);
+        log::info!("revoked jti {jti} until {until}");
+        reply(
+            StatusCode::CREATED,
+            json!({ "revoked": jti, "until": until }),
+        )
+    }
+
     async fn admin(
         &self,
         session: &mut ServerSession,
@@ -322,6 +371,7 @@ impl AdminApp {
                     )
                 }
             },
+            (&Method::POST, "/admin/revocations") => self.revoke(session).await,
             (_, p) if p.starts_with("/admin/upstreams/") => {
                 let rest = p.trim_start_matches("/admin/upstreams/").to_string();
                 self.backends(session, method, &rest).await

@@ -36,6 +36,9 @@ pub struct Ctx {
     pub budget_exhausted: bool,
     /// The status that triggered the last status-based retry.
     pub retry_status: Option<u16>,
+    pub identity: Option<Arc<crate::auth::Identity>>,
+    /// The API key came in the query string: remove it before forwarding.
+    pub strip_key_param: bool,
 }
 
 impl Default for Ctx {
@@ -61,6 +64,8 @@ impl Default for Ctx {
             last_failure: None,
             budget_exhausted: false,
             retry_status: None,
+            identity: None,
+            strip_key_param: false,
         }
     }
 }

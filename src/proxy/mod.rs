@@ -96,6 +96,74 @@ fn route_request(session: &Session, ctx: &mut Ctx) {
     }
 }
 
+/// Verify the route's credentials; a failure becomes `ctx.reject`.
+async fn authenticate(session: &Session, ctx: &mut Ctx) {
+    let Some(snap) = ctx.snapshot.clone() else {
+        return;
+    };
+    let Some(policy) = ctx.route().and_then(|r| r.auth.as_ref()) else {
+        return;
+    };
+    match snap.auth.authenticate(policy, session.req_header()).await {
+        Ok((identity, from_query)) => {
+            ctx.identity = Some(identity);
+            ctx.strip_key_param = from_query;
+        }
+        Err(f) => ctx.reject = Some(auth_reject(&f)),
+    }
+}
+
+fn auth_reject(f: &crate::auth::AuthFailure) -> Reject {
+    use crate::auth::AuthFailure;
+    match f {
+        AuthFailure::Missing => Reject::new(401, "unauthorized", "credentials are required")
+            .header("www-authenticate", "Bearer realm=\"portcullis\""),
+        AuthFailure::Invalid { description, .. } => Reject::new(401, "invalid_token", *description).header(
+            "www-authenticate",
+            format!("Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{description}\""),
+        ),
+        AuthFailure::Forbidden { scope } => {
+            Reject::new(403, "insufficient_scope", format!("this route needs the scope(s): {scope}")).header(
+                "www-authenticate",
+                format!("Bearer realm=\"portcullis\", error=\"insufficient_scope\", scope=\"{scope}\""),
+            )
+        }
+        AuthFailure::Unavailable(msg) => {
+            Reject::new(503, "auth_unavailable", msg.clone()).header("retry-after", "5")
+        }
+    }
+}
+
+/// Remove client-sent identity headers and credentials; add the verified identity.
+fn identity_headers(req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    let Some(snap) = ctx.snapshot.as_ref() else {
+        return Ok(());
+    };
+    for h in &snap.auth.identity_headers {
+        req.remove_header(h);
+    }
+    let Some(route) = ctx.route() else {
+        return Ok(());
+    };
+    let Some(policy) = &route.auth else {
+        return Ok(());
+    };
+    if policy.api_key {
+        if let Some(keys) = &snap.auth.api_keys {
+            req.remove_header(&keys.header);
+        }
+    }
+    if policy.strip_authorization {
+        req.remove_header(&http::header::AUTHORIZATION);
+    }
+    if let Some(id) = &ctx.identity {
+        for (k, v) in &id.forward {
+            req.insert_header(k.clone(), v.clone())?;
+        }
+    }
+    Ok(())
+}
+
 fn hash_key(session: &Session, ctx: &Ctx, key: &HashKey) -> Vec<u8> {
     let req = session.req_header();
     match key {
@@ -189,6 +257,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if ctx.reject.is_none() {
+            authenticate(session, ctx).await;
+        }
         if let Some(reject) = ctx.reject.take() {
             let close = reject.status == 400;
             respond::send(session, &ctx.request_id, &reject, close).await?;
@@ -377,6 +448,27 @@ impl ProxyHttp for Gateway {
             ctx.tls,
         )?;
         upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        identity_headers(upstream_request, ctx)?;
+        if ctx.strip_key_param {
+            let name = ctx
+                .snapshot
+                .as_ref()
+                .and_then(|s| s.auth.api_keys.as_ref())
+                .and_then(|k| k.query_param.clone());
+            if let Some(name) = name {
+                let current = ctx
+                    .forward_uri
+                    .clone()
+                    .unwrap_or_else(|| upstream_request.uri.to_string());
+                let (path, query) = current.split_once('?').unwrap_or((current.as_str(), ""));
+                let q = crate::auth::query_without(query, &name);
+                ctx.forward_uri = Some(if q.is_empty() {
+                    path.to_string()
+                } else {
+                    format!("{path}?{q}")
+                });
+            }
+        }
         if let Some(uri) = &ctx.forward_uri {
             match uri.parse::<http::Uri>() {
                 Ok(u) => upstream_request.set_uri(u),

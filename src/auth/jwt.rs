@@ -1,0 +1,351 @@
+//! JWT verification for one configured issuer: pinned algorithms, static keys (HMAC
+//! secret from env or file, PEM public key) or a JWKS, and claim checks (exp, nbf with
+//! leeway, iss, aud).
+
+use super::jwks::{JwksSource, KeyLookup};
+use super::{AuthFailure, IdKind, Identity};
+use crate::config::JwtIssuerConfig;
+use base64::Engine;
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+pub enum KeySource {
+    Static(Arc<DecodingKey>),
+    Jwks(Arc<JwksSource>),
+}
+
+pub struct Issuer {
+    pub name: Arc<str>,
+    pub iss: String,
+    pub algorithms: Vec<Algorithm>,
+    pub keys: KeySource,
+    validation: Validation,
+    forward: Vec<(String, HeaderName)>,
+    tier_claim: Option<String>,
+    pub leeway: u64,
+}
+
+fn parse_alg(s: &str) -> Result<Algorithm, String> {
+    let alg = match s {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        other => {
+            return Err(format!(
+                "unsupported algorithm `{other}` (`none` is never accepted)"
+            ))
+        }
+    };
+    Ok(alg)
+}
+
+fn is_hmac(a: Algorithm) -> bool {
+    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+impl Issuer {
+    /// Compile; errors are (key path suffix, message). `jwks` returns an existing source
+    /// for the URL so keys survive reloads.
+    pub fn build(
+        c: &JwtIssuerConfig,
+        jwks: &mut dyn FnMut(&JwtIssuerConfig) -> Arc<JwksSource>,
+    ) -> Result<Issuer, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let mut algorithms = Vec::new();
+        for (i, a) in c.algorithms.iter().enumerate() {
+            match parse_alg(a) {
+                Ok(x) => algorithms.push(x),
+                Err(e) => errors.push((format!("algorithms[{i}]"), e)),
+            }
+        }
+        if c.algorithms.is_empty() {
+            errors.push((
+                "algorithms".into(),
+                "list the accepted algorithms, e.g. [RS256]".into(),
+            ));
+        }
+        let hmac = algorithms.iter().any(|a| is_hmac(*a));
+        if hmac && algorithms.iter().any(|a| !is_hmac(*a)) {
+            errors.push((
+                "algorithms".into(),
+                "do not mix HMAC (HS*) and public-key algorithms in one issuer (key confusion)"
+                    .into(),
+            ));
+        }
+        let sources = [
+            c.secret_env.is_some(),
+            c.secret_file.is_some(),
+            c.public_key_file.is_some(),
+            c.jwks_url.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if sources != 1 {
+            errors.push((
+                String::new(),
+                "give exactly one key source: secret_env, secret_file, public_key_file or jwks_url"
+                    .into(),
+            ));
+        }
+        let mut keys = None;
+        if let Some(var) = &c.secret_env {
+            if !hmac {
+                errors.push((
+                    "secret_env".into(),
+                    "a shared secret needs HS256/HS384/HS512".into(),
+                ));
+            }
+            match std::env::var_os(var) {
+                Some(v) if !v.is_empty() => {
+                    keys = Some(KeySource::Static(Arc::new(DecodingKey::from_secret(
+                        v.as_encoded_bytes(),
+                    ))))
+                }
+                _ => errors.push((
+                    "secret_env".into(),
+                    format!("environment variable `{var}` is not set or empty"),
+                )),
+            }
+        }
+        if let Some(path) = &c.secret_file {
+            if !hmac {
+                errors.push((
+                    "secret_file".into(),
+                    "a shared secret needs HS256/HS384/HS512".into(),
+                ));
+            }
+            match std::fs::read(path) {
+                Ok(mut b) => {
+                    while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                        b.pop();
+                    }
+                    if b.is_empty() {
+                        errors.push(("secret_file".into(), format!("`{path}` is empty")));
+                    } else {
+                        keys = Some(KeySource::Static(Arc::new(DecodingKey::from_secret(&b))));
+                    }
+                }
+                Err(e) => errors.push(("secret_file".into(), format!("cannot read `{path}`: {e}"))),
+            }
+        }
+        if let Some(path) = &c.public_key_file {
+            if hmac {
+                errors.push((
+                    "public_key_file".into(),
+                    "a public key needs RS*, PS*, ES* or EdDSA algorithms".into(),
+                ));
+            }
+            match std::fs::read(path) {
+                Ok(pem) => {
+                    let fam = algorithms.first().copied().unwrap_or(Algorithm::RS256);
+                    let k = match fam {
+                        Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+                        Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                        _ => DecodingKey::from_rsa_pem(&pem),
+                    };
+                    match k {
+                        Ok(k) => keys = Some(KeySource::Static(Arc::new(k))),
+                        Err(e) => errors.push((
+                            "public_key_file".into(),
+                            format!("`{path}` is not a usable PEM key: {e}"),
+                        )),
+                    }
+                }
+                Err(e) => errors.push((
+                    "public_key_file".into(),
+                    format!("cannot read `{path}`: {e}"),
+                )),
+            }
+        }
+        if let Some(url) = &c.jwks_url {
+            if hmac {
+                errors.push((
+                    "jwks_url".into(),
+                    "a JWKS needs public-key algorithms".into(),
+                ));
+            }
+            match url.parse::<http::Uri>() {
+                Ok(u)
+                    if matches!(u.scheme_str(), Some("http") | Some("https"))
+                        && u.host().is_some() =>
+                {
+                    keys = Some(KeySource::Jwks(jwks(c)))
+                }
+                _ => errors.push(("jwks_url".into(), format!("`{url}` is not an http(s) URL"))),
+            }
+        }
+        let mut forward = Vec::new();
+        for (claim, header) in &c.forward_claims {
+            match HeaderName::from_bytes(header.as_bytes()) {
+                Ok(h) => forward.push((claim.clone(), h)),
+                Err(_) => errors.push((
+                    format!("forward_claims.{claim}"),
+                    format!("`{header}` is not a valid header name"),
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let Some(keys) = keys else {
+            return Err(vec![(String::new(), "no key source".into())]);
+        };
+        let leeway = c.leeway.get().as_secs();
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms.clone();
+        validation.leeway = leeway;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&c.issuer]);
+        if c.audiences.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&c.audiences);
+        }
+        validation.set_required_spec_claims(&["exp", "iss"]);
+        Ok(Issuer {
+            name: c.name.as_str().into(),
+            iss: c.issuer.clone(),
+            algorithms,
+            keys,
+            validation,
+            forward,
+            tier_claim: c.tier_claim.clone(),
+            leeway,
+        })
+    }
+
+    /// Verify `token` (signature and claims) into an identity.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthFailure> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthFailure::invalid("malformed", "the token is malformed"))?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(AuthFailure::invalid(
+                "bad_algorithm",
+                "the token's algorithm is not accepted",
+            ));
+        }
+        let key = match &self.keys {
+            KeySource::Static(k) => k.clone(),
+            KeySource::Jwks(src) => match src.lookup(header.kid.as_deref()) {
+                KeyLookup::Found(k) => k,
+                miss => {
+                    if matches!(miss, KeyLookup::Unavailable) {
+                        src.ensure_loaded().await;
+                    } else {
+                        src.refresh_for_unknown_kid().await;
+                    }
+                    match src.lookup(header.kid.as_deref()) {
+                        KeyLookup::Found(k) => k,
+                        KeyLookup::Unknown => {
+                            return Err(AuthFailure::invalid(
+                                "unknown_key",
+                                "the token is signed with an unknown key",
+                            ))
+                        }
+                        KeyLookup::Unavailable => {
+                            return Err(AuthFailure::Unavailable(
+                                "the issuer's signing keys are not available yet".into(),
+                            ))
+                        }
+                    }
+                }
+            },
+        };
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![header.alg];
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
+                let (reason, text) = match e.kind() {
+                    ErrorKind::ExpiredSignature => ("expired", "the token has expired"),
+                    ErrorKind::ImmatureSignature => ("not_yet_valid", "the token is not valid yet"),
+                    ErrorKind::InvalidSignature => {
+                        ("bad_signature", "the token's signature is invalid")
+                    }
+                    ErrorKind::InvalidAudience => {
+                        ("wrong_audience", "the token is for another audience")
+                    }
+                    ErrorKind::InvalidIssuer => {
+                        ("wrong_issuer", "the token is from another issuer")
+                    }
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                        ("bad_algorithm", "the token's algorithm is not accepted")
+                    }
+                    ErrorKind::MissingRequiredClaim(_) => {
+                        ("missing_claim", "the token lacks a required claim")
+                    }
+                    _ => ("malformed", "the token is malformed"),
+                };
+                AuthFailure::invalid(reason, text)
+            })?;
+        Ok(Arc::new(self.identity(data.claims)))
+    }
+
+    fn identity(&self, claims: Map<String, Value>) -> Identity {
+        let text = |v: &Value| -> Option<String> {
+            match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                Value::Bool(b) => Some(b.to_string()),
+                _ => None,
+            }
+        };
+        let mut scopes: Vec<String> = Vec::new();
+        if let Some(Value::String(s)) = claims.get("scope") {
+            scopes.extend(s.split_whitespace().map(str::to_string));
+        }
+        for k in ["scp", "scopes"] {
+            match claims.get(k) {
+                Some(Value::Array(a)) => {
+                    scopes.extend(a.iter().filter_map(|v| v.as_str().map(str::to_string)))
+                }
+                Some(Value::String(s)) => scopes.extend(s.split_whitespace().map(str::to_string)),
+                _ => {}
+            }
+        }
+        let forward = self
+            .forward
+            .iter()
+            .filter_map(|(claim, h)| {
+                let v = text(claims.get(claim)?)?;
+                Some((h.clone(), HeaderValue::from_str(&v).ok()?))
+            })
+            .collect();
+        Identity {
+            kind: IdKind::Jwt,
+            subject: claims.get("sub").and_then(text).unwrap_or_default(),
+            scopes,
+            tier: self
+                .tier_claim
+                .as_ref()
+                .and_then(|c| claims.get(c))
+                .and_then(text)
+                .map(|s| Arc::from(s.as_str())),
+            issuer: Some(self.name.clone()),
+            jti: claims.get("jti").and_then(text),
+            forward,
+        }
+    }
+}
+
+/// The unverified `iss` claim, used only to pick which issuer verifies the token.
+pub fn peek_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss")?.as_str().map(str::to_string)
+}

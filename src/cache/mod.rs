@@ -1,0 +1,3 @@
+//! Response cache: pingora-cache storage, keys and purge.
+
+pub mod storage;
