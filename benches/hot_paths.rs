@@ -67,5 +67,123 @@ fn bench_router(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_router);
+/// A snapshot built from YAML, as the gateway does at start-up.
+fn snapshot(yaml: &str) -> portcullis::snapshot::Snapshot {
+    let src = portcullis::config::parse_str("bench.yaml", yaml).unwrap();
+    match portcullis::snapshot::build(&src, None, 1) {
+        Ok(s) => s,
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+const BENCH_KEY: &str = "bench-key-0123456789abcdefghijklmnopqrstuvwxyz";
+
+fn auth_yaml(pubkey_path: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!(
+        r#"
+upstreams:
+  u: {{ backends: [{{ addr: "127.0.0.1:1" }}] }}
+auth:
+  jwt:
+    - {{ name: rs, issuer: "https://rs.bench/", audiences: [api], algorithms: [RS256], public_key_file: "{pubkey_path}" }}
+  api_keys:
+    keys: [{{ id: bench, sha256: "{}" }}]
+rate_limits:
+  policies:
+    per_client: {{ key: client, requests: 1000000000, per: 1s }}
+routes:
+  - {{ match: {{ path: "/jwt/**" }}, upstream: u, auth: {{ jwt: rs }} }}
+  - {{ match: {{ path: "/key/**" }}, upstream: u, auth: {{ any_of: [api_key] }}, rate_limit: [per_client] }}
+"#,
+        hex::encode(Sha256::digest(BENCH_KEY.as_bytes()))
+    )
+}
+
+fn bench_auth(c: &mut Criterion) {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pub_path = dir.path().join("rs.pem");
+    std::fs::write(
+        &pub_path,
+        key.to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap(),
+    )
+    .unwrap();
+    let snap = snapshot(&auth_yaml(&pub_path.display().to_string()));
+    let enc =
+        EncodingKey::from_rsa_pem(key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({ "iss": "https://rs.bench/", "aud": "api", "sub": "user-1", "exp": now + 3600 });
+    let token = encode(&Header::new(Algorithm::RS256), &claims, &enc).unwrap();
+    let mut req = pingora_http::RequestHeader::build("GET", b"/jwt/x", None).unwrap();
+    req.insert_header("authorization", format!("Bearer {token}"))
+        .unwrap();
+    let jwt_policy = snap.routes[0].auth.clone().unwrap();
+    let mut key_req = pingora_http::RequestHeader::build("GET", b"/key/x", None).unwrap();
+    key_req.insert_header("x-api-key", BENCH_KEY).unwrap();
+    let key_policy = snap.routes[1].auth.clone().unwrap();
+
+    let mut g = c.benchmark_group("auth");
+    g.bench_function("jwt_rs256_uncached", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(snap.auth.issuers[0].verify(&token).await.unwrap()) })
+    });
+    g.bench_function("jwt_rs256_cached", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(snap.auth.authenticate(&jwt_policy, &req).await.unwrap()) })
+    });
+    g.bench_function("api_key", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(snap.auth.authenticate(&key_policy, &key_req).await.unwrap())
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("rate_limit");
+    let headers = http::HeaderMap::new();
+    let route = &snap.routes[1];
+    let identity = rt
+        .block_on(snap.auth.authenticate(&key_policy, &key_req))
+        .unwrap()
+        .0;
+    g.bench_function("one_key", |b| {
+        b.iter(|| {
+            let input = portcullis::ratelimit::KeyInput {
+                identity: Some(&identity),
+                client_ip: None,
+                route: &route.name,
+                headers: &headers,
+            };
+            black_box(snap.limits.check(&route.rate_limit, &input).is_ok())
+        })
+    });
+    let mut i: u32 = 0;
+    g.bench_function("million_keys", |b| {
+        b.iter(|| {
+            i = (i + 1) % 1_000_000;
+            let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let input = portcullis::ratelimit::KeyInput {
+                identity: None,
+                client_ip: Some(ip),
+                route: &route.name,
+                headers: &headers,
+            };
+            black_box(snap.limits.check(&route.rate_limit, &input).is_ok())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_router, bench_auth);
 criterion_main!(benches);

@@ -11,6 +11,7 @@ pub mod config;
 pub mod net;
 pub mod observe;
 pub mod proxy;
+pub mod ratelimit;
 pub mod routing;
 pub mod runtime;
 pub mod server;

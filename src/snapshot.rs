@@ -13,6 +13,7 @@ use std::sync::Arc;
 pub struct Snapshot {
     pub generation: u64,
     pub auth: crate::auth::Auth,
+    pub limits: crate::ratelimit::RateLimits,
     pub router: Router,
     pub routes: Vec<Route>,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
@@ -71,6 +72,8 @@ pub struct Route {
     pub idempotent: bool,
     pub preserve_host: bool,
     pub auth: Option<crate::auth::RoutePolicy>,
+    /// Indexes into `snapshot.limits.policies`.
+    pub rate_limit: Vec<usize>,
 }
 
 impl Snapshot {
@@ -229,6 +232,8 @@ pub fn build(
     }
 
     let auth = crate::auth::Auth::build(&cfg.auth, prev.map(|s| &s.auth), &mut p);
+    let limits =
+        crate::ratelimit::RateLimits::build(&cfg.rate_limits, prev.map(|s| &s.limits), &mut p);
 
     // routes
     let mut specs = Vec::with_capacity(cfg.routes.len());
@@ -410,6 +415,8 @@ pub fn build(
             entry.push((i, methods));
         }
 
+        let rate_limit =
+            limits.route_policies(&r.rate_limit, &format!("{base}.rate_limit"), &mut p);
         let route_auth = r
             .auth
             .as_ref()
@@ -448,6 +455,7 @@ pub fn build(
             idempotent: r.idempotent,
             preserve_host: r.preserve_host,
             auth: route_auth,
+            rate_limit,
         });
     }
 
@@ -457,6 +465,7 @@ pub fn build(
     Ok(Snapshot {
         generation,
         auth,
+        limits,
         router: Router::new(specs),
         routes,
         upstreams,

@@ -36,6 +36,12 @@ impl BackgroundService for Supervisor {
                     for u in snap.upstreams.values() {
                         tokio::spawn(u.clone().maintain());
                     }
+                    if let Some(cluster) = snap.limits.cluster.clone() {
+                        let rt = self.runtime.clone();
+                        tokio::spawn(cluster.run(move |c| {
+                            rt.snapshot().limits.cluster.as_ref().is_some_and(|cur| std::sync::Arc::ptr_eq(cur, c))
+                        }));
+                    }
                     for src in snap.auth.jwks_sources() {
                         if src.due() {
                             tokio::spawn(async move { src.refresh().await });

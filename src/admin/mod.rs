@@ -316,6 +316,11 @@ impl AdminApp {
             );
         }
         crate::auth::revocation::REVOCATIONS.add(jti.to_string(), until);
+        if let Some(cluster) = self.runtime.snapshot().limits.cluster.clone() {
+            if let Err(e) = cluster.publish_revocation(jti, until).await {
+                log::warn!("revocation of {jti} is local only: Redis: {e}");
+            }
+        }
         log::info!("revoked jti {jti} until {until}");
         reply(
             StatusCode::CREATED,

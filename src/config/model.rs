@@ -15,7 +15,69 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
+    #[serde(default)]
     pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Limits by client tier (from the API key's `tier` or the JWT's `tier_claim`).
+    #[serde(default)]
+    pub tiers: BTreeMap<String, LimitConfig>,
+    #[serde(default)]
+    pub policies: BTreeMap<String, PolicyConfig>,
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+    /// Width of each count-min sketch row: memory per policy is 2 × 4 × slots × 8 bytes
+    /// whatever the number of keys; wider means fewer over-counts with many active keys.
+    #[serde(default = "default_sketch_slots")]
+    pub sketch_slots: usize,
+}
+
+fn default_sketch_slots() -> usize {
+    32_768
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    pub requests: u64,
+    pub per: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `client` (API key id, else JWT sub, else IP), `ip`, `route`, or `header:NAME`.
+    pub key: String,
+    pub requests: u64,
+    pub per: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://host:port[/db]`
+    pub redis: String,
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval: Dur,
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Keys tracked for syncing per instance (least recently used beyond this are local-only).
+    #[serde(default = "default_cluster_keys")]
+    pub max_keys: usize,
+}
+
+fn default_sync_interval() -> Dur {
+    Dur::millis(100)
+}
+fn default_key_prefix() -> String {
+    "portcullis".to_string()
+}
+fn default_cluster_keys() -> usize {
+    100_000
 }
 
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
@@ -580,6 +642,9 @@ pub struct RouteConfig {
     pub preserve_host: bool,
     #[serde(default)]
     pub auth: Option<RouteAuthConfig>,
+    /// Rate-limit policies (names under `rate_limits.policies`); all must pass.
+    #[serde(default)]
+    pub rate_limit: Vec<String>,
 }
 
 pub(crate) fn default_true() -> bool {

@@ -39,6 +39,8 @@ pub struct Ctx {
     pub identity: Option<Arc<crate::auth::Identity>>,
     /// The API key came in the query string: remove it before forwarding.
     pub strip_key_param: bool,
+    /// The rate-limit state to report in response headers.
+    pub rate_limit: Option<crate::ratelimit::Outcome>,
 }
 
 impl Default for Ctx {
@@ -66,6 +68,7 @@ impl Default for Ctx {
             retry_status: None,
             identity: None,
             strip_key_param: false,
+            rate_limit: None,
         }
     }
 }

@@ -96,6 +96,39 @@ fn route_request(session: &Session, ctx: &mut Ctx) {
     }
 }
 
+/// Apply the route's rate-limit policies; a rejection becomes `ctx.reject` (429).
+fn rate_limit(session: &Session, ctx: &mut Ctx) {
+    let Some(snap) = ctx.snapshot.clone() else {
+        return;
+    };
+    let Some(route) = ctx.route() else { return };
+    if route.rate_limit.is_empty() {
+        return;
+    }
+    let input = crate::ratelimit::KeyInput {
+        identity: ctx.identity.as_deref(),
+        client_ip: ctx.client_ip,
+        route: &route.name,
+        headers: &session.req_header().headers,
+    };
+    match snap.limits.check(&route.rate_limit, &input) {
+        Ok(outcome) => ctx.rate_limit = outcome,
+        Err(outcome) => {
+            let mut reject = Reject::new(
+                429,
+                "rate_limited",
+                format!("rate limit `{}` exceeded", outcome.policy),
+            )
+            .header("retry-after", outcome.retry_after.unwrap_or(1).to_string());
+            for (k, v) in crate::ratelimit::headers(&outcome) {
+                reject = reject.header(k, v);
+            }
+            ctx.rate_limit = Some(outcome);
+            ctx.reject = Some(reject);
+        }
+    }
+}
+
 /// Verify the route's credentials; a failure becomes `ctx.reject`.
 async fn authenticate(session: &Session, ctx: &mut Ctx) {
     let Some(snap) = ctx.snapshot.clone() else {
@@ -259,6 +292,9 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if ctx.reject.is_none() {
             authenticate(session, ctx).await;
+        }
+        if ctx.reject.is_none() {
+            rate_limit(session, ctx);
         }
         if let Some(reject) = ctx.reject.take() {
             let close = reject.status == 400;
@@ -526,6 +562,11 @@ impl ProxyHttp for Gateway {
         }
         if ctx.retries > 0 {
             resp.insert_header("x-retry-count", ctx.retries.to_string())?;
+        }
+        if let Some(o) = &ctx.rate_limit {
+            for (k, v) in crate::ratelimit::headers(o) {
+                resp.insert_header(k, v)?;
+            }
         }
         Ok(())
     }

@@ -1,0 +1,329 @@
+//! Rate limiting in `request_filter`: per-route policies keyed by client, IP, header or
+//! route, tier-aware, counted locally with pingora-limits and optionally shared across
+//! instances through Redis (see `cluster`). Standard headers on every limited response.
+
+pub mod cluster;
+pub mod local;
+
+use crate::auth::{IdKind, Identity};
+use crate::config::{Problems, RateLimitsConfig};
+use http::HeaderName;
+use local::{Limiter, Usage};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind {
+    /// API key id, else JWT subject, else client IP.
+    Client,
+    Ip,
+    Route,
+    Header(HeaderName),
+}
+
+impl KeyKind {
+    fn parse(s: &str) -> Result<KeyKind, String> {
+        match s {
+            "client" => Ok(KeyKind::Client),
+            "ip" => Ok(KeyKind::Ip),
+            "route" => Ok(KeyKind::Route),
+            _ => match s.strip_prefix("header:") {
+                Some(h) => HeaderName::from_bytes(h.as_bytes())
+                    .map(KeyKind::Header)
+                    .map_err(|_| format!("`{h}` is not a valid header name")),
+                None => Err(format!(
+                    "key `{s}` must be client, ip, route or header:NAME"
+                )),
+            },
+        }
+    }
+}
+
+pub struct Policy {
+    pub name: Arc<str>,
+    /// Index of the policy (stable within a snapshot), used for cluster keys.
+    pub id: u16,
+    pub key: KeyKind,
+    pub base: Arc<Limiter>,
+    /// For `key: client`: limits by the identity's tier.
+    pub tiers: HashMap<String, (Arc<str>, Arc<Limiter>)>,
+    /// (key, requests, per, sketch) this was built from, to keep counters across reloads.
+    spec: (String, u64, u64, usize),
+}
+
+pub struct RateLimits {
+    pub config: RateLimitsConfig,
+    pub policies: Vec<Arc<Policy>>,
+    by_name: HashMap<String, usize>,
+    pub cluster: Option<Arc<cluster::Cluster>>,
+}
+
+/// The state of one policy after a request, for headers.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub policy: Arc<str>,
+    pub limit: u64,
+    pub window_secs: u64,
+    pub remaining: u64,
+    pub reset_secs: u64,
+    /// Set when this policy rejected the request.
+    pub retry_after: Option<u64>,
+}
+
+/// The limit's key for one request.
+pub struct KeyInput<'a> {
+    pub identity: Option<&'a Identity>,
+    pub client_ip: Option<IpAddr>,
+    pub route: &'a str,
+    pub headers: &'a http::HeaderMap,
+}
+
+fn key_bytes(kind: &KeyKind, k: &KeyInput) -> Option<Vec<u8>> {
+    let ip = |out: &mut Vec<u8>| match k.client_ip {
+        Some(IpAddr::V4(a)) => out.extend_from_slice(&a.octets()),
+        Some(IpAddr::V6(a)) => out.extend_from_slice(&a.octets()),
+        None => {}
+    };
+    let mut out = Vec::with_capacity(48);
+    match kind {
+        KeyKind::Client => match k.identity {
+            Some(id) => {
+                out.push(match id.kind {
+                    IdKind::ApiKey => b'k',
+                    IdKind::Jwt => b'j',
+                });
+                out.extend_from_slice(id.subject.as_bytes());
+            }
+            None => {
+                out.push(b'i');
+                ip(&mut out);
+            }
+        },
+        KeyKind::Ip => ip(&mut out),
+        KeyKind::Route => out.extend_from_slice(k.route.as_bytes()),
+        KeyKind::Header(h) => out.extend_from_slice(k.headers.get(h)?.as_bytes()),
+    }
+    Some(out)
+}
+
+impl RateLimits {
+    pub fn build(c: &RateLimitsConfig, prev: Option<&RateLimits>, p: &mut Problems) -> RateLimits {
+        let mut policies = Vec::new();
+        let mut by_name = HashMap::new();
+        if c.sketch_slots < 64 || c.sketch_slots > (1 << 24) {
+            p.push(
+                "rate_limits.sketch_slots",
+                "must be between 64 and 16777216",
+            );
+        }
+        let slots = c.sketch_slots.clamp(64, 1 << 24);
+        for (name, t) in &c.tiers {
+            if t.requests == 0 || t.per.get().is_zero() {
+                p.push(
+                    format!("rate_limits.tiers.{name}"),
+                    "requests and per must be above 0",
+                );
+            }
+        }
+        let reuse = |spec: &(String, u64, u64, usize), name: &str| -> Option<Arc<Policy>> {
+            prev?
+                .policies
+                .iter()
+                .find(|x| &*x.name == name && x.spec == *spec)
+                .cloned()
+        };
+        for (i, (name, pc)) in c.policies.iter().enumerate() {
+            let base = format!("rate_limits.policies.{name}");
+            let key = match KeyKind::parse(&pc.key) {
+                Ok(k) => k,
+                Err(e) => {
+                    p.push(format!("{base}.key"), e);
+                    continue;
+                }
+            };
+            if pc.requests == 0 || pc.per.get().is_zero() {
+                p.push(&base, "requests and per must be above 0");
+                continue;
+            }
+            let spec = (
+                pc.key.clone(),
+                pc.requests,
+                pc.per.get().as_millis() as u64,
+                slots,
+            );
+            let policy = match reuse(&spec, name) {
+                // same policy: keep its counters; tiers may have changed, rebuild those
+                Some(old) if tiers_equal(&old, c) => old,
+                reused => {
+                    let base_limiter = reused.map(|o| o.base.clone()).unwrap_or_else(|| {
+                        Arc::new(Limiter::new(pc.requests, pc.per.get(), slots))
+                    });
+                    let tiers = if key == KeyKind::Client {
+                        c.tiers
+                            .iter()
+                            .map(|(t, l)| {
+                                (
+                                    t.clone(),
+                                    (
+                                        Arc::from(format!("{name}:{t}").as_str()),
+                                        Arc::new(Limiter::new(l.requests, l.per.get(), slots)),
+                                    ),
+                                )
+                            })
+                            .collect()
+                    } else {
+                        HashMap::new()
+                    };
+                    Arc::new(Policy {
+                        name: name.as_str().into(),
+                        id: i as u16,
+                        key,
+                        base: base_limiter,
+                        tiers,
+                        spec,
+                    })
+                }
+            };
+            by_name.insert(name.clone(), policies.len());
+            policies.push(policy);
+        }
+        let cluster = c.cluster.as_ref().and_then(|cc| {
+            if !(cc.redis.starts_with("redis://") || cc.redis.starts_with("rediss://")) {
+                p.push("rate_limits.cluster.redis", "must be a redis:// URL");
+                return None;
+            }
+            if cc.sync_interval.get().is_zero() {
+                p.push("rate_limits.cluster.sync_interval", "must be above 0");
+                return None;
+            }
+            match prev.and_then(|r| r.cluster.clone()) {
+                Some(old) if old.config == *cc => Some(old),
+                _ => Some(Arc::new(cluster::Cluster::new(cc.clone()))),
+            }
+        });
+        RateLimits {
+            config: c.clone(),
+            policies,
+            by_name,
+            cluster,
+        }
+    }
+
+    /// Resolve a route's `rate_limit:` names.
+    pub fn route_policies(&self, names: &[String], base: &str, p: &mut Problems) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            match self.by_name.get(n) {
+                Some(idx) => out.push(*idx),
+                None => p.push(
+                    format!("{base}[{i}]"),
+                    format!("unknown rate-limit policy `{n}`"),
+                ),
+            }
+        }
+        out
+    }
+
+    /// Check every policy of a route. Ok: the outcome of the policy closest to its
+    /// limit (for headers). Err: the rejecting policy's outcome (nothing is counted).
+    pub fn check(
+        &self,
+        route_policies: &[usize],
+        k: &KeyInput,
+    ) -> Result<Option<Outcome>, Outcome> {
+        let mut closest: Option<Outcome> = None;
+        let mut taken: Vec<(&Limiter, Vec<u8>, Arc<str>, &Policy)> = Vec::new();
+        for idx in route_policies {
+            let Some(policy) = self.policies.get(*idx) else {
+                continue;
+            };
+            let Some(key) = key_bytes(&policy.key, k) else {
+                continue;
+            };
+            let (label, limiter) = match (&policy.key, k.identity.and_then(|i| i.tier.as_deref())) {
+                (KeyKind::Client, Some(t)) if k.identity.is_some() => match policy.tiers.get(t) {
+                    Some((label, l)) => (label.clone(), l.as_ref()),
+                    None => (policy.name.clone(), policy.base.as_ref()),
+                },
+                _ => (policy.name.clone(), policy.base.as_ref()),
+            };
+            let extra = match &self.cluster {
+                Some(c) if !c.degraded() => c.others_estimate(&label, &key, limiter),
+                _ => 0.0,
+            };
+            let cap = match &self.cluster {
+                // Redis is out: enforce this instance's share of the limit
+                Some(c) if c.degraded() => limiter.limit() / c.instances().max(1) as f64,
+                _ => limiter.limit(),
+            };
+            let (ok, usage) = limiter.try_acquire(&key, extra, cap);
+            let out = outcome(&label, limiter, &usage, !ok);
+            if !ok {
+                for (l, kb, _, _) in &taken {
+                    l.release(kb);
+                }
+                if let Some(c) = &self.cluster {
+                    // refresh this key's cluster count even though nothing was admitted
+                    c.record(&label, &key, limiter, 0);
+                }
+                return Err(out);
+            }
+            let ratio = out.remaining as f64 / out.limit.max(1) as f64;
+            if closest
+                .as_ref()
+                .is_none_or(|c| ratio < c.remaining as f64 / c.limit.max(1) as f64)
+            {
+                closest = Some(out);
+            }
+            taken.push((limiter, key, label, policy));
+        }
+        if let Some(c) = &self.cluster {
+            for (l, kb, label, _) in &taken {
+                c.record(label, kb, l, 1);
+            }
+        }
+        Ok(closest)
+    }
+}
+
+fn tiers_equal(old: &Policy, c: &RateLimitsConfig) -> bool {
+    if old.key != KeyKind::Client {
+        return true;
+    }
+    old.tiers.len() == c.tiers.len()
+        && c.tiers.iter().all(|(t, l)| {
+            old.tiers
+                .get(t)
+                .is_some_and(|(_, o)| o.requests == l.requests && o.per == l.per.get())
+        })
+}
+
+fn outcome(label: &Arc<str>, l: &Limiter, u: &Usage, rejected: bool) -> Outcome {
+    let scale = l.requests as f64 / l.limit().max(1.0);
+    Outcome {
+        policy: label.clone(),
+        limit: l.requests,
+        window_secs: l.per.as_secs().max(1),
+        remaining: ((l.limit() - u.estimate).max(0.0) * scale).floor() as u64,
+        reset_secs: l.reset_secs(u),
+        retry_after: rejected.then(|| l.retry_after_secs(u)),
+    }
+}
+
+/// The response headers for an outcome: `X-RateLimit-*` and the IETF structured fields.
+pub fn headers(o: &Outcome) -> [(&'static str, String); 5] {
+    [
+        ("x-ratelimit-limit", o.limit.to_string()),
+        ("x-ratelimit-remaining", o.remaining.to_string()),
+        ("x-ratelimit-reset", o.reset_secs.to_string()),
+        (
+            "ratelimit-policy",
+            format!("\"{}\";q={};w={}", o.policy, o.limit, o.window_secs),
+        ),
+        (
+            "ratelimit",
+            format!("\"{}\";r={};t={}", o.policy, o.remaining, o.reset_secs),
+        ),
+    ]
+}
