@@ -5,14 +5,14 @@ use crate::snapshot::{self, Snapshot};
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub struct Runtime {
     snapshot: ArcSwap<Snapshot>,
     pub config_path: PathBuf,
     generation: AtomicU64,
-    reload_lock: Mutex<()>,
+    reload_lock: tokio::sync::Mutex<()>,
     pub started: Instant,
 }
 
@@ -28,11 +28,12 @@ impl Runtime {
     pub fn load(path: PathBuf) -> Result<Arc<Runtime>, Vec<ConfigError>> {
         let src = config::load_file(&path).map_err(|e| e.0)?;
         let snap = snapshot::build(&src, None, 1)?;
+        crate::observe::metrics::METRICS.config_generation.set(1);
         Ok(Arc::new(Runtime {
             snapshot: ArcSwap::from_pointee(snap),
             config_path: path,
             generation: AtomicU64::new(1),
-            reload_lock: Mutex::new(()),
+            reload_lock: tokio::sync::Mutex::new(()),
             started: Instant::now(),
         }))
     }
@@ -49,34 +50,52 @@ impl Runtime {
     /// Re-read the config file and swap in the new snapshot. On any error the running
     /// snapshot stays and the errors are returned.
     pub async fn reload(&self) -> Result<ReloadOutcome, Vec<ConfigError>> {
+        let r = self.reload_inner().await;
+        let m = &crate::observe::metrics::METRICS;
+        match &r {
+            Ok(o) => {
+                m.config_reloads.with_label_values(&["success"]).inc();
+                m.config_generation.set(o.generation as i64);
+            }
+            Err(_) => m.config_reloads.with_label_values(&["failure"]).inc(),
+        }
+        r
+    }
+
+    async fn reload_inner(&self) -> Result<ReloadOutcome, Vec<ConfigError>> {
+        // one reload at a time, from reading the file to the swap
+        let _guard = self.reload_lock.lock().await;
         let t0 = Instant::now();
         let path = self.config_path.clone();
-        let src = config::load_file(&path).map_err(|e| e.0)?;
-        let (next, changed) = {
-            let _guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let prev = self.snapshot.load_full();
-            let generation = self.generation.load(Ordering::Relaxed) + 1;
-            let next = snapshot::build(&src, Some(&prev), generation)?;
-            let changed: Vec<_> = next
-                .upstreams
-                .iter()
-                .filter(|(n, u)| {
-                    prev.upstreams
-                        .get(*n)
-                        .is_none_or(|old| !Arc::ptr_eq(old, u))
-                })
-                .map(|(_, u)| u.clone())
-                .collect();
-            (next, changed)
-        };
+        let prev = self.snapshot.load_full();
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let base = prev.clone();
+        // parsing and compiling may resolve host names: keep it off the async workers
+        let built = tokio::task::spawn_blocking(move || {
+            let src = config::load_file(&path).map_err(|e| e.0)?;
+            snapshot::build(&src, Some(&base), generation)
+        })
+        .await
+        .map_err(|e| {
+            vec![ConfigError {
+                file: self.config_path.display().to_string(),
+                path: String::new(),
+                line: None,
+                message: format!("reload task failed: {e}"),
+            }]
+        })??;
         // New or changed upstreams get one health-check pass before they take traffic.
-        for u in &changed {
-            u.check_now().await;
+        for (name, u) in &built.upstreams {
+            if prev
+                .upstreams
+                .get(name)
+                .is_none_or(|old| !Arc::ptr_eq(old, u))
+            {
+                u.check_now().await;
+            }
         }
-        let _guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let generation = next.generation;
-        let routes = next.routes.len();
-        self.snapshot.store(Arc::new(next));
+        let routes = built.routes.len();
+        self.snapshot.store(Arc::new(built));
         self.generation.store(generation, Ordering::Relaxed);
         Ok(ReloadOutcome {
             generation,

@@ -30,6 +30,13 @@ pub enum Target {
 }
 
 impl Target {
+    pub fn upstream_names(&self) -> Vec<&str> {
+        match self {
+            Target::Single(u) => vec![&u.name],
+            Target::Split(list, _) => list.iter().map(|(u, _)| &*u.name).collect(),
+        }
+    }
+
     /// Pick the upstream for one request (`roll` is uniform in 0..u32::MAX).
     pub fn pick(&self, roll: u32) -> &Arc<Upstream> {
         match self {
@@ -74,6 +81,7 @@ pub struct Route {
     pub auth: Option<crate::auth::RoutePolicy>,
     /// Indexes into `snapshot.limits.policies`.
     pub rate_limit: Vec<usize>,
+    pub metrics: crate::observe::metrics::RouteMetrics,
 }
 
 impl Snapshot {
@@ -438,6 +446,7 @@ pub fn build(
         let (Some(pattern), Some(target)) = (pattern, target) else {
             continue;
         };
+        let metrics = crate::observe::metrics::RouteMetrics::new(&name, &target.upstream_names());
         specs.push(RouteSpec {
             host,
             path: pattern.clone(),
@@ -456,6 +465,7 @@ pub fn build(
             preserve_host: r.preserve_host,
             auth: route_auth,
             rate_limit,
+            metrics,
         });
     }
 

@@ -126,6 +126,34 @@ impl AdminApp {
         })
     }
 
+    fn metrics(&self) -> Response<Vec<u8>> {
+        use crate::observe::metrics::METRICS;
+        let snap = self.runtime.snapshot();
+        // state gauges are computed now, for the upstreams of the current config
+        METRICS.circuit_state.reset();
+        METRICS.backend_healthy.reset();
+        for (name, u) in &snap.upstreams {
+            for (addr, _, healthy, st) in u.backend_status() {
+                let a = addr.to_string();
+                METRICS
+                    .backend_healthy
+                    .with_label_values(&[name, &a])
+                    .set(healthy as i64);
+                let state = st.map(|s| s.breaker.state()).unwrap_or(0);
+                METRICS
+                    .circuit_state
+                    .with_label_values(&[name, &a])
+                    .set(state as i64);
+            }
+        }
+        let mut r = Response::new(crate::observe::metrics::render());
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        r
+    }
+
     fn readyz(&self) -> Response<Vec<u8>> {
         let snap = self.runtime.snapshot();
         let mut ready = true;
@@ -394,6 +422,7 @@ impl ServeHttp for AdminApp {
         match (&method, path.as_str()) {
             (&Method::GET, "/healthz") => reply(StatusCode::OK, json!({ "status": "ok" })),
             (&Method::GET, "/readyz") => self.readyz(),
+            (&Method::GET, "/metrics") => self.metrics(),
             (_, p) if p.starts_with("/admin/") => self.admin(session, &method, p).await,
             _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
         }

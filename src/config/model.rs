@@ -17,10 +17,53 @@ pub struct Config {
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
     #[serde(default)]
+    pub access_log: AccessLogConfig,
+    #[serde(default)]
     pub routes: Vec<RouteConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `stdout` (for the journal) or a file path. Changing it takes effect on reload.
+    #[serde(default = "default_log_path")]
+    pub path: String,
+    /// Share of requests logged, 0.0–1.0.
+    #[serde(default = "default_sample")]
+    pub sample: f64,
+    /// Log every 4xx/5xx whatever the sample rate.
+    #[serde(default = "default_true")]
+    pub always_log_errors: bool,
+    /// Lines buffered for the writer; beyond this lines are dropped and counted.
+    #[serde(default = "default_log_buffer")]
+    pub buffer: usize,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            enabled: true,
+            path: default_log_path(),
+            sample: default_sample(),
+            always_log_errors: true,
+            buffer: default_log_buffer(),
+        }
+    }
+}
+
+fn default_log_path() -> String {
+    "stdout".to_string()
+}
+fn default_sample() -> f64 {
+    1.0
+}
+fn default_log_buffer() -> usize {
+    16_384
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitsConfig {
     /// Limits by client tier (from the API key's `tier` or the JWT's `tier_claim`).
@@ -34,6 +77,17 @@ pub struct RateLimitsConfig {
     /// whatever the number of keys; wider means fewer over-counts with many active keys.
     #[serde(default = "default_sketch_slots")]
     pub sketch_slots: usize,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            tiers: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            cluster: None,
+            sketch_slots: default_sketch_slots(),
+        }
+    }
 }
 
 fn default_sketch_slots() -> usize {

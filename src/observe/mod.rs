@@ -1,3 +1,6 @@
-//! Observability: request ids (metrics and access logs plug in here).
+//! Observability: metrics, the access log, request ids and trace context.
 
+pub mod access_log;
+pub mod metrics;
 pub mod request_id;
+pub mod trace;

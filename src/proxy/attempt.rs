@@ -96,8 +96,14 @@ pub fn should_retry(
         }
         if !u.retry.take_budget(crate::clock::now_ms()) {
             ctx.budget_exhausted = true;
+            crate::observe::metrics::METRICS
+                .retry_budget_exhausted
+                .inc();
             return false;
         }
+        u.metrics.retries[failure.index()].inc();
+    } else {
+        u.metrics.retries[4].inc();
     }
     ctx.retries += 1;
     ctx.backoff = Some(u.retry.backoff(ctx.retries));

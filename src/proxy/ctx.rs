@@ -41,6 +41,18 @@ pub struct Ctx {
     pub strip_key_param: bool,
     /// The rate-limit state to report in response headers.
     pub rate_limit: Option<crate::ratelimit::Outcome>,
+    pub trace_id: String,
+    /// The `traceparent` sent upstream.
+    pub traceparent: String,
+    /// Counted in the in-flight gauge.
+    pub in_flight: bool,
+    /// When the current upstream attempt started.
+    pub upstream_start: Option<Instant>,
+    pub upstream_us: Option<u64>,
+    /// The status the gateway answered with when it answered itself.
+    pub final_status: Option<u16>,
+    /// HIT, MISS, BYPASS, STALE on cacheable routes.
+    pub cache_status: Option<&'static str>,
 }
 
 impl Default for Ctx {
@@ -69,6 +81,13 @@ impl Default for Ctx {
             identity: None,
             strip_key_param: false,
             rate_limit: None,
+            trace_id: String::new(),
+            traceparent: String::new(),
+            in_flight: false,
+            upstream_start: None,
+            upstream_us: None,
+            final_status: None,
+            cache_status: None,
         }
     }
 }

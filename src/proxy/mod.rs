@@ -4,6 +4,7 @@
 pub mod attempt;
 pub mod ctx;
 pub mod forwarded;
+pub mod logging;
 pub mod respond;
 
 use crate::observe::request_id;
@@ -142,7 +143,10 @@ async fn authenticate(session: &Session, ctx: &mut Ctx) {
             ctx.identity = Some(identity);
             ctx.strip_key_param = from_query;
         }
-        Err(f) => ctx.reject = Some(auth_reject(&f)),
+        Err(f) => {
+            crate::observe::metrics::auth_failure(f.reason());
+            ctx.reject = Some(auth_reject(&f));
+        }
     }
 }
 
@@ -265,6 +269,17 @@ impl ProxyHttp for Gateway {
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.start = Instant::now();
+        crate::observe::metrics::METRICS.in_flight.inc();
+        ctx.in_flight = true;
+        let (trace_id, traceparent) = crate::observe::trace::next(
+            session
+                .req_header()
+                .headers
+                .get("traceparent")
+                .map(|v| v.as_bytes()),
+        );
+        ctx.trace_id = trace_id;
+        ctx.traceparent = traceparent;
         let incoming = session.req_header().headers.get("x-request-id");
         ctx.request_id = match incoming {
             Some(v) if request_id::is_valid(v.as_bytes()) => {
@@ -299,6 +314,7 @@ impl ProxyHttp for Gateway {
         if let Some(reject) = ctx.reject.take() {
             let close = reject.status == 400;
             respond::send(session, &ctx.request_id, &reject, close).await?;
+            ctx.final_status = Some(reject.status);
             ctx.reject = Some(reject);
             return Ok(true);
         }
@@ -389,6 +405,7 @@ impl ProxyHttp for Gateway {
         };
         ctx.tried.push(selected.state.addr);
         ctx.attempt_recorded = false;
+        ctx.upstream_start = Some(Instant::now());
         let peer = selected
             .state
             .peer(remaining.min(upstream.config.timeouts.read.get()));
@@ -454,6 +471,11 @@ impl ProxyHttp for Gateway {
         let Some(upstream) = ctx.upstream.clone() else {
             return Ok(());
         };
+        if let Some(t) = ctx.upstream_start {
+            let d = t.elapsed();
+            ctx.upstream_us = Some(d.as_micros() as u64);
+            upstream.metrics.duration.observe(d.as_secs_f64());
+        }
         if upstream.is_failure_status(status) {
             attempt::record_failure(ctx);
         } else {
@@ -484,6 +506,7 @@ impl ProxyHttp for Gateway {
             ctx.tls,
         )?;
         upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream_request.insert_header("traceparent", ctx.traceparent.as_str())?;
         identity_headers(upstream_request, ctx)?;
         if ctx.strip_key_param {
             let name = ctx
@@ -571,6 +594,10 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        logging::finish(session, e, ctx);
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let reject = ctx.reject.take().unwrap_or_else(|| {
             let (status, code, message) = classify(e);
@@ -588,6 +615,7 @@ impl ProxyHttp for Gateway {
                 log::debug!("could not send error response: {err}");
             } else {
                 written = status;
+                ctx.final_status = Some(status);
             }
         }
         ctx.reject = Some(reject);

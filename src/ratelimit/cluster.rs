@@ -326,6 +326,7 @@ impl Cluster {
                 }
                 Err(e) => {
                     self.sync_errors.fetch_add(1, Ordering::Relaxed);
+                    crate::observe::metrics::METRICS.cluster_sync_errors.inc();
                     *self.conn.lock().await = None;
                     if !self.degraded.swap(true, Ordering::Relaxed) {
                         log::warn!(

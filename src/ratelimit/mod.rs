@@ -260,6 +260,10 @@ impl RateLimits {
             let (ok, usage) = limiter.try_acquire(&key, extra, cap);
             let out = outcome(&label, limiter, &usage, !ok);
             if !ok {
+                crate::observe::metrics::METRICS
+                    .rate_limited
+                    .with_label_values(&[&label])
+                    .inc();
                 for (l, kb, _, _) in &taken {
                     l.release(kb);
                 }

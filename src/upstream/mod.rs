@@ -162,8 +162,33 @@ pub struct Selected {
     pub probe: bool,
 }
 
+/// Pre-resolved metric handles of one upstream.
+pub struct UpstreamMetrics {
+    pub duration: prometheus::Histogram,
+    /// By `retry::Failure::index()`.
+    pub retries: [prometheus::IntCounter; 5],
+}
+
+impl UpstreamMetrics {
+    fn new(name: &str) -> UpstreamMetrics {
+        use crate::observe::metrics::METRICS;
+        let r = |reason: &str| METRICS.retries.with_label_values(&[name, reason]);
+        UpstreamMetrics {
+            duration: METRICS.upstream_duration.with_label_values(&[name]),
+            retries: [
+                r("connect_error"),
+                r("timeout"),
+                r("reset"),
+                r("status"),
+                r("stale_connection"),
+            ],
+        }
+    }
+}
+
 pub struct Upstream {
     pub name: Arc<str>,
+    pub metrics: UpstreamMetrics,
     pub config: UpstreamConfig,
     pub hash_key: HashKey,
     pub breaker_policy: BreakerPolicy,
@@ -353,6 +378,7 @@ impl Upstream {
         };
         let up = Upstream {
             name: name.into(),
+            metrics: UpstreamMetrics::new(name),
             config: cfg.clone(),
             hash_key,
             breaker_policy,

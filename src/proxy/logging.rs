@@ -1,0 +1,72 @@
+//! The `logging` phase: metrics and one access-log line per request.
+
+use super::ctx::Ctx;
+use crate::observe::access_log::{self, Record};
+use crate::observe::metrics::{self, METRICS};
+use pingora_error::Error;
+use pingora_proxy::Session;
+use std::time::SystemTime;
+
+pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
+    if ctx.in_flight {
+        METRICS.in_flight.dec();
+        ctx.in_flight = false;
+    }
+    let status = session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .or(ctx.final_status)
+        .unwrap_or(if e.is_some() { 502 } else { 0 });
+    let elapsed = ctx.start.elapsed();
+    let req = session.req_header();
+    let route = ctx.route();
+    let upstream_name = ctx.upstream.as_ref().map(|u| u.name.clone());
+    match route {
+        Some(r) => {
+            let up = r.metrics.upstream_index(upstream_name.as_deref());
+            r.metrics
+                .record(&req.method, status, up, elapsed.as_secs_f64());
+        }
+        None => metrics::UNMATCHED.record(&req.method, status, 0, elapsed.as_secs_f64()),
+    }
+    if !access_log::enabled() {
+        return;
+    }
+    let Some(snap) = ctx.snapshot.as_ref() else {
+        return;
+    };
+    let cfg = &snap.config.access_log;
+    let sampled = cfg.sample >= 1.0
+        || (cfg.always_log_errors && status >= 400)
+        || (cfg.sample > 0.0 && rand::random::<f64>() < cfg.sample);
+    if !sampled {
+        return;
+    }
+    access_log::submit(Record {
+        time: SystemTime::now() - elapsed,
+        request_id: ctx.request_id.clone(),
+        trace_id: ctx.trace_id.clone(),
+        client_ip: ctx.client_ip,
+        identity: ctx
+            .identity
+            .as_ref()
+            .map(|i| format!("{}:{}", i.kind.as_str(), i.subject)),
+        method: req.method.clone(),
+        path: req.uri.path().to_string(),
+        route: route.map(|r| r.name.clone()),
+        upstream: upstream_name,
+        backend: ctx.backend.as_ref().map(|b| b.0.addr),
+        status,
+        bytes_in: session.body_bytes_read(),
+        bytes_out: session.body_bytes_sent(),
+        duration_us: elapsed.as_micros() as u64,
+        upstream_us: ctx.upstream_us,
+        retries: ctx.retries,
+        cache: ctx.cache_status,
+        rate_limit: ctx
+            .rate_limit
+            .as_ref()
+            .map(|o| (o.policy.clone(), o.remaining, o.retry_after.is_some())),
+        error: e.map(|e| e.etype().as_str().to_string()),
+    });
+}
