@@ -185,5 +185,28 @@ fn bench_auth(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_router, bench_auth);
+fn bench_reload(c: &mut Criterion) {
+    let mut yaml =
+        String::from("upstreams:\n  a: { backends: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n");
+    for i in 0..10_000 {
+        yaml.push_str(&format!(
+            "  - {{ match: {{ path: \"/r{i}/items/:id\" }}, upstream: a }}\n"
+        ));
+    }
+    let first = snapshot(&yaml);
+    let mut g = c.benchmark_group("reload");
+    g.sample_size(10);
+    g.bench_function("parse_and_compile_10k_routes", |b| {
+        b.iter(|| {
+            let src = portcullis::config::parse_str("bench.yaml", &yaml).unwrap();
+            black_box(portcullis::snapshot::build(&src, Some(&first), 2).is_ok())
+        })
+    });
+    g.bench_function("parse_only_10k_routes", |b| {
+        b.iter(|| black_box(portcullis::config::parse_str("bench.yaml", &yaml).is_ok()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_router, bench_auth, bench_reload);
 criterion_main!(benches);

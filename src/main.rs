@@ -27,6 +27,9 @@ struct Cli {
     /// Take over the listening sockets of a running instance (graceful upgrade).
     #[arg(short = 'u', long = "upgrade")]
     upgrade: bool,
+    /// Reload the config whenever the file changes (checked every second).
+    #[arg(long = "watch")]
+    watch: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -72,6 +75,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    runtime
+        .watch
+        .store(cli.watch, std::sync::atomic::Ordering::Relaxed);
     let opts = portcullis::server::Options {
         server_conf: cli.server_conf,
         daemon: cli.daemon,

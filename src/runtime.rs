@@ -14,6 +14,8 @@ pub struct Runtime {
     generation: AtomicU64,
     reload_lock: tokio::sync::Mutex<()>,
     pub started: Instant,
+    /// Reload when the config file changes (`--watch`).
+    pub watch: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -35,6 +37,7 @@ impl Runtime {
             generation: AtomicU64::new(1),
             reload_lock: tokio::sync::Mutex::new(()),
             started: Instant::now(),
+            watch: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 

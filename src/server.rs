@@ -49,7 +49,9 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
     };
     let conf = server_conf(&opts, &opt)?;
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    // Bootstrap (taking over listening sockets with -u, telling a waiting parent with -d
+    // that we are ready) runs as a service: after daemonisation, before the listeners.
+    let bootstrap = server.bootstrap_as_a_service();
 
     let snap = runtime.snapshot();
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
@@ -60,7 +62,7 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
     for addr in &snap.config.server.listen {
         proxy.add_tcp(addr);
     }
-    server.add_service(proxy);
+    server.add_service(proxy).add_dependency(&bootstrap);
 
     if let Some(admin) = &snap.config.server.admin {
         let mut svc = Service::new(
@@ -70,7 +72,7 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
             },
         );
         svc.add_tcp(&admin.listen);
-        server.add_service(svc);
+        server.add_service(svc).add_dependency(&bootstrap);
     }
 
     server.add_service(background_service(

@@ -164,7 +164,7 @@ pub fn build(
     generation: u64,
 ) -> Result<Snapshot, Vec<crate::config::ConfigError>> {
     let cfg = &src.config;
-    let mut p = Problems::new(&src.file, &src.index);
+    let mut p = Problems::new(src);
 
     // server
     if cfg.server.listen.is_empty() {

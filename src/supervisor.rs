@@ -12,6 +12,12 @@ use std::time::Duration;
 /// How often upstreams are visited; health-check and DNS intervals are rounded up to it.
 const TICK: Duration = Duration::from_millis(100);
 
+fn config_mtime(rt: &Runtime) -> Option<std::time::SystemTime> {
+    std::fs::metadata(&rt.config_path)
+        .and_then(|m| m.modified())
+        .ok()
+}
+
 pub struct Supervisor {
     pub runtime: Arc<Runtime>,
 }
@@ -29,8 +35,18 @@ impl BackgroundService for Supervisor {
                 None
             }
         };
+        let mut last_mtime = config_mtime(&self.runtime);
+        let mut watch_tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
+                _ = watch_tick.tick(), if self.runtime.watch.load(std::sync::atomic::Ordering::Relaxed) => {
+                    let m = config_mtime(&self.runtime);
+                    if m != last_mtime {
+                        last_mtime = m;
+                        log::info!("{} changed, reloading", self.runtime.config_path.display());
+                        let _ = crate::admin::reload_and_log(&self.runtime).await;
+                    }
+                }
                 _ = shutdown.changed() => break,
                 _ = tick.tick() => {
                     let snap = self.runtime.snapshot();

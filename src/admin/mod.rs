@@ -420,7 +420,10 @@ impl ServeHttp for AdminApp {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         match (&method, path.as_str()) {
-            (&Method::GET, "/healthz") => reply(StatusCode::OK, json!({ "status": "ok" })),
+            (&Method::GET, "/healthz") => reply(
+                StatusCode::OK,
+                json!({ "status": "ok", "pid": std::process::id(), "generation": self.runtime.generation() }),
+            ),
             (&Method::GET, "/readyz") => self.readyz(),
             (&Method::GET, "/metrics") => self.metrics(),
             (_, p) if p.starts_with("/admin/") => self.admin(session, &method, p).await,

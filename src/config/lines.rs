@@ -8,8 +8,6 @@ use yaml_rust2::scanner::Marker;
 #[derive(Debug, Default)]
 pub struct LineIndex {
     lines: HashMap<String, usize>,
-    /// Keys that appear twice in one mapping: (path, line of the second one).
-    pub duplicates: Vec<(String, usize)>,
 }
 
 impl LineIndex {
@@ -18,10 +16,7 @@ impl LineIndex {
         let mut parser = Parser::new_from_str(text);
         // A syntax error is reported by serde_yaml with its own line; the index just stops.
         let _ = parser.load(&mut b, false);
-        LineIndex {
-            lines: b.lines,
-            duplicates: b.duplicates,
-        }
+        LineIndex { lines: b.lines }
     }
 
     /// The line of `path`, or of its nearest ancestor that is in the file.
@@ -38,20 +33,14 @@ impl LineIndex {
 }
 
 enum Frame {
-    Map {
-        key: Option<String>,
-        seen: std::collections::HashSet<String>,
-    },
-    Seq {
-        index: usize,
-    },
+    Map { key: Option<String> },
+    Seq { index: usize },
 }
 
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
     lines: HashMap<String, usize>,
-    duplicates: Vec<(String, usize)>,
 }
 
 impl Builder {
@@ -97,14 +86,10 @@ impl MarkedEventReceiver for Builder {
         let line = mark.line();
         match ev {
             Event::Scalar(s, ..) => {
-                if let Some(Frame::Map { key, seen }) = self.stack.last_mut() {
+                if let Some(Frame::Map { key }) = self.stack.last_mut() {
                     if key.is_none() {
-                        let dup = !seen.insert(s.clone());
                         *key = Some(s);
                         let path = self.path();
-                        if dup {
-                            self.duplicates.push((path.clone(), line));
-                        }
                         self.lines.entry(path).or_insert(line);
                         return;
                     }
@@ -118,10 +103,7 @@ impl MarkedEventReceiver for Builder {
             }
             Event::MappingStart(..) => {
                 self.value_started(line);
-                self.stack.push(Frame::Map {
-                    key: None,
-                    seen: Default::default(),
-                });
+                self.stack.push(Frame::Map { key: None });
             }
             Event::SequenceStart(..) => {
                 self.value_started(line);

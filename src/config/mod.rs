@@ -2,6 +2,7 @@
 
 pub mod lines;
 pub mod model;
+pub mod unique;
 pub mod units;
 
 pub use lines::LineIndex;
@@ -54,16 +55,14 @@ impl std::error::Error for ConfigErrors {}
 
 /// Collects semantic errors against a source, resolving each key path to its line.
 pub struct Problems<'a> {
-    file: &'a str,
-    index: &'a LineIndex,
+    src: &'a Source,
     pub errors: Vec<ConfigError>,
 }
 
 impl<'a> Problems<'a> {
-    pub fn new(file: &'a str, index: &'a LineIndex) -> Self {
+    pub fn new(src: &'a Source) -> Self {
         Problems {
-            file,
-            index,
+            src,
             errors: Vec::new(),
         }
     }
@@ -71,8 +70,8 @@ impl<'a> Problems<'a> {
     pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         let path = path.into();
         self.errors.push(ConfigError {
-            file: self.file.to_string(),
-            line: self.index.line_of(&path),
+            file: self.src.file.clone(),
+            line: self.src.index().line_of(&path),
             path,
             message: message.into(),
         });
@@ -87,7 +86,15 @@ impl<'a> Problems<'a> {
 pub struct Source {
     pub file: String,
     pub config: Config,
-    pub index: LineIndex,
+    text: String,
+    /// Built only when a problem needs a line number (it costs a second parse).
+    index: once_cell::sync::OnceCell<LineIndex>,
+}
+
+impl Source {
+    pub fn index(&self) -> &LineIndex {
+        self.index.get_or_init(|| LineIndex::build(&self.text))
+    }
 }
 
 pub fn load_file(path: &Path) -> Result<Source, ConfigErrors> {
@@ -127,24 +134,11 @@ pub fn parse_str(file: &str, text: &str) -> Result<Source, ConfigErrors> {
             }]));
         }
     };
-    let index = LineIndex::build(text);
-    if !index.duplicates.is_empty() {
-        let errors = index
-            .duplicates
-            .iter()
-            .map(|(path, line)| ConfigError {
-                file: file.to_string(),
-                path: path.clone(),
-                line: Some(*line),
-                message: "duplicate key: this name is already defined in the same mapping".into(),
-            })
-            .collect();
-        return Err(ConfigErrors(errors));
-    }
     Ok(Source {
         file: file.to_string(),
         config,
-        index,
+        text: text.to_string(),
+        index: once_cell::sync::OnceCell::new(),
     })
 }
 

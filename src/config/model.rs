@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::unique::map")]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     #[serde(default)]
     pub auth: AuthConfig,
@@ -67,9 +67,9 @@ fn default_log_buffer() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct RateLimitsConfig {
     /// Limits by client tier (from the API key's `tier` or the JWT's `tier_claim`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::unique::map")]
     pub tiers: BTreeMap<String, LimitConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::unique::map")]
     pub policies: BTreeMap<String, PolicyConfig>,
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
@@ -202,7 +202,10 @@ pub struct JwtIssuerConfig {
     #[serde(default = "default_leeway")]
     pub leeway: Dur,
     /// Claim → upstream header. Default `{ sub: X-Auth-Subject }`.
-    #[serde(default = "default_forward_claims")]
+    #[serde(
+        default = "default_forward_claims",
+        deserialize_with = "super::unique::map"
+    )]
     pub forward_claims: BTreeMap<String, String>,
     /// Claim holding the client's rate-limit tier.
     #[serde(default)]
@@ -715,7 +718,7 @@ pub struct MatchConfig {
     #[serde(default)]
     pub methods: Option<Vec<String>>,
     /// Every listed request header must have exactly this value.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::unique::map")]
     pub headers: BTreeMap<String, String>,
 }
 
@@ -730,10 +733,10 @@ pub struct SplitConfig {
 #[serde(deny_unknown_fields)]
 pub struct HeaderOps {
     /// Set (replace) these headers.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::unique::map")]
     pub set: BTreeMap<String, String>,
     /// Append these headers (keeping existing values).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::unique::map")]
     pub add: BTreeMap<String, String>,
     #[serde(default)]
     pub remove: Vec<String>,

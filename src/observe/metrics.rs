@@ -210,24 +210,24 @@ fn method_index(m: &http::Method) -> usize {
 }
 
 /// Pre-resolved request metrics for one route (or for unmatched requests).
+/// Handles are resolved on first use, so routes that see no traffic cost a few words.
 pub struct RouteMetrics {
     route: String,
     /// Upstream label values; index 0 is "" (answered by the gateway itself).
     upstreams: Vec<String>,
-    cells: Vec<OnceCell<IntCounter>>,
-    duration: Histogram,
+    cells: OnceCell<Box<[OnceCell<IntCounter>]>>,
+    duration: OnceCell<Histogram>,
 }
 
 impl RouteMetrics {
     pub fn new(route: &str, upstreams: &[&str]) -> RouteMetrics {
         let mut ups = vec![String::new()];
         ups.extend(upstreams.iter().map(|s| s.to_string()));
-        let n = ups.len() * METHODS.len() * STATUSES.len();
         RouteMetrics {
             route: route.to_string(),
-            cells: (0..n).map(|_| OnceCell::new()).collect(),
+            cells: OnceCell::new(),
             upstreams: ups,
-            duration: METRICS.request_duration.with_label_values(&[route]),
+            duration: OnceCell::new(),
         }
     }
 
@@ -240,14 +240,25 @@ impl RouteMetrics {
     }
 
     pub fn record(&self, method: &http::Method, status: u16, upstream: usize, seconds: f64) {
-        self.duration.observe(seconds);
+        self.duration
+            .get_or_init(|| {
+                METRICS
+                    .request_duration
+                    .with_label_values(&[self.route.as_str()])
+            })
+            .observe(seconds);
         let mi = method_index(method);
         let up = upstream.min(self.upstreams.len() - 1);
         let status_label = |s: u16| -> String { s.to_string() };
         match STATUSES.iter().position(|s| *s == status) {
             Some(si) => {
                 let idx = (up * METHODS.len() + mi) * STATUSES.len() + si;
-                if let Some(cell) = self.cells.get(idx) {
+                let cells = self.cells.get_or_init(|| {
+                    (0..self.upstreams.len() * METHODS.len() * STATUSES.len())
+                        .map(|_| OnceCell::new())
+                        .collect()
+                });
+                if let Some(cell) = cells.get(idx) {
                     cell.get_or_init(|| {
                         METRICS.requests.with_label_values(&[
                             self.route.as_str(),
