@@ -52,6 +52,8 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
     server.bootstrap();
 
     let snap = runtime.snapshot();
+    // the response store is sized once, from the config at start-up
+    crate::cache::init(&snap.config.cache);
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         Gateway::new(runtime.clone()),
