@@ -712,7 +712,10 @@ impl ProxyHttp for Gateway {
         if ctx.cache.route {
             let status = crate::cache::status(&session.cache, ctx.cache.bypass);
             crate::cache::decorate(resp, status, &session.cache)?;
-            crate::cache::STATS.record(status);
+            // a background refresh's response reaches no client: not counted
+            if session.subrequest_ctx.is_none() {
+                crate::cache::STATS.record(status);
+            }
             ctx.cache_status = Some(status.as_str());
         }
         Ok(())
