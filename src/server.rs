@@ -54,6 +54,8 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
     let bootstrap = server.bootstrap_as_a_service();
 
     let snap = runtime.snapshot();
+    // the response store is sized once, from the config at start-up
+    crate::cache::init(&snap.config.cache);
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         Gateway::new(runtime.clone()),

@@ -82,6 +82,7 @@ pub struct Route {
     /// Indexes into `snapshot.limits.policies`.
     pub rate_limit: Vec<usize>,
     pub metrics: crate::observe::metrics::RouteMetrics,
+    pub cache: Option<Arc<crate::cache::RouteCache>>,
 }
 
 impl Snapshot {
@@ -237,6 +238,23 @@ pub fn build(
                 }
             }
         }
+    }
+
+    // cache
+    let cache = &cfg.cache;
+    if cache.max_size.0 < 64 * 1024 {
+        p.push("cache.max_size", "must be at least 64KiB");
+    }
+    if let Some(m) = cache.max_object_size {
+        if m.0 == 0 || m.0 > cache.max_size.0 {
+            p.push(
+                "cache.max_object_size",
+                "must be more than 0 and at most `cache.max_size`",
+            );
+        }
+    }
+    if cache.lock_timeout.get().is_zero() {
+        p.push("cache.lock_timeout", "must be greater than 0");
     }
 
     let auth = crate::auth::Auth::build(&cfg.auth, prev.map(|s| &s.auth), &mut p);
@@ -439,6 +457,10 @@ pub fn build(
             &format!("{base}.response_headers"),
             &mut p,
         );
+        let route_cache = r.cache.as_ref().and_then(|c| {
+            crate::cache::RouteCache::build(c, r.auth.is_some(), &format!("{base}.cache"), &mut p)
+                .map(Arc::new)
+        });
 
         if p.errors.len() != before {
             continue;
@@ -466,11 +488,18 @@ pub fn build(
             auth: route_auth,
             rate_limit,
             metrics,
+            cache: route_cache,
         });
     }
 
     if !p.is_empty() {
         return Err(p.errors);
+    }
+    if prev.is_some() && crate::cache::needs_restart(&cfg.cache) {
+        log::warn!(
+            "cache.max_size, cache.max_object_size and the cache lock's age limit are read at \
+             start-up: the running cache keeps them until the next restart or upgrade"
+        );
     }
     Ok(Snapshot {
         generation,

@@ -123,6 +123,7 @@ impl AdminApp {
             "uptime_seconds": self.runtime.started.elapsed().as_secs(),
             "routes": routes,
             "upstreams": upstreams,
+            "cache": crate::cache::STATS.to_json(),
         })
     }
 
@@ -302,6 +303,35 @@ impl AdminApp {
         }
     }
 
+    /// `{"key": "/api/x?a=1"}`, `{"prefix": "/api/"}` or `{"all": true}`
+    async fn purge_cache(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e),
+        };
+        let v: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("invalid JSON: {e}"),
+                )
+            }
+        };
+        let target = match crate::cache::purge::Target::from_json(&v) {
+            Ok(t) => t,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e),
+        };
+        match crate::cache::purge::purge(&target) {
+            Ok(n) => {
+                log::info!("cache purge {target:?}: {n} entries removed");
+                reply(StatusCode::OK, json!({ "purged": n }))
+            }
+            Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", e),
+        }
+    }
+
     /// `{"jti": "...", "until": <unix seconds>}`
     async fn revoke(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let body = match read_body(session).await {
@@ -405,6 +435,10 @@ impl AdminApp {
                 }
             },
             (&Method::POST, "/admin/revocations") => self.revoke(session).await,
+            (&Method::POST, "/admin/cache/purge") => self.purge_cache(session).await,
+            (&Method::GET, "/admin/cache/stats") => {
+                reply(StatusCode::OK, crate::cache::STATS.to_json())
+            }
             (_, p) if p.starts_with("/admin/upstreams/") => {
                 let rest = p.trim_start_matches("/admin/upstreams/").to_string();
                 self.backends(session, method, &rest).await

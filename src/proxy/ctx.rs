@@ -51,8 +51,10 @@ pub struct Ctx {
     pub upstream_us: Option<u64>,
     /// The status the gateway answered with when it answered itself.
     pub final_status: Option<u16>,
-    /// HIT, MISS, BYPASS, STALE on cacheable routes.
+    /// HIT, MISS, BYPASS, STALE on cacheable routes (set in `response_filter`).
     pub cache_status: Option<&'static str>,
+    /// Response-cache state: whether the route caches, and whether this request bypassed it.
+    pub cache: crate::cache::CacheCtx,
 }
 
 impl Default for Ctx {
@@ -88,6 +90,7 @@ impl Default for Ctx {
             upstream_us: None,
             final_status: None,
             cache_status: None,
+            cache: crate::cache::CacheCtx::default(),
         }
     }
 }

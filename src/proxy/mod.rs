@@ -14,6 +14,8 @@ use crate::upstream::retry::Failure;
 use crate::upstream::{HashKey, InFlight, NoBackend};
 use async_trait::async_trait;
 use ctx::Ctx;
+use pingora_cache::key::HashBinary;
+use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -231,6 +233,49 @@ fn hash_key(session: &Session, ctx: &Ctx, key: &HashKey) -> Vec<u8> {
     }
 }
 
+/// The cache key of this request, from the route, the identity and the request.
+fn cache_key(session: &Session, ctx: &Ctx) -> Result<CacheKey> {
+    let Some((route, route_cache)) = ctx.route().and_then(|r| Some((r, r.cache.as_deref()?)))
+    else {
+        return Error::e_explain(
+            ErrorType::InternalError,
+            "cache key without a caching route",
+        );
+    };
+    let credential_param = if ctx.strip_key_param {
+        ctx.snapshot
+            .as_ref()
+            .and_then(|s| s.auth.api_keys.as_ref())
+            .and_then(|k| k.query_param.as_deref())
+    } else {
+        None
+    };
+    let input = crate::cache::key::KeyInput {
+        req: session.req_header(),
+        route_name: &route.name,
+        route: route_cache,
+        identity: ctx.identity.as_deref(),
+        credential_param,
+    };
+    crate::cache::key::build(&input)
+        .or_else(|e| Error::e_explain(ErrorType::InternalError, e.message()))
+}
+
+/// A stale entry is about to be served instead of an upstream failure: the failure still
+/// counts on the backend's breaker, and no error response is pending any more.
+fn stale_instead_of_error(ctx: &mut Ctx, e: &Error) {
+    if let (ErrorType::HTTPStatus(code), ErrorSource::Upstream) = (e.etype(), e.esource()) {
+        if ctx
+            .upstream
+            .as_ref()
+            .is_some_and(|u| u.is_failure_status(*code))
+        {
+            attempt::record_failure(ctx);
+        }
+    }
+    ctx.reject = None;
+}
+
 /// Status and error code for a proxying failure.
 fn classify(e: &Error) -> (u16, &'static str, &'static str) {
     match e.etype() {
@@ -308,7 +353,9 @@ impl ProxyHttp for Gateway {
         if ctx.reject.is_none() {
             authenticate(session, ctx).await;
         }
-        if ctx.reject.is_none() {
+        // a background cache refresh (stale-while-revalidate) is the gateway's own request:
+        // it does not spend the client's rate limit
+        if ctx.reject.is_none() && session.subrequest_ctx.is_none() {
             rate_limit(session, ctx);
         }
         if let Some(reject) = ctx.reject.take() {
@@ -319,6 +366,77 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let Some(route_cache) = ctx.route().and_then(|r| r.cache.as_deref()) else {
+            return Ok(());
+        };
+        let eligible =
+            crate::cache::eligible(session.req_header(), route_cache, ctx.identity.is_some());
+        ctx.cache.route = true;
+        if !eligible {
+            ctx.cache.bypass = true;
+            return Ok(());
+        }
+        let lock_wait = ctx
+            .snapshot
+            .as_ref()
+            .map(|s| s.config.cache.lock_timeout.get())
+            .unwrap_or(std::time::Duration::from_secs(5));
+        crate::cache::enable(&mut session.cache, lock_wait);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        cache_key(session, ctx)
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        _ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        Ok(crate::cache::hit_filter(session.req_header(), is_fresh))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        Ok(match ctx.route().and_then(|r| r.cache.as_deref()) {
+            Some(rc) => crate::cache::policy::response(rc, session.req_header(), resp),
+            None => {
+                RespCacheable::Uncacheable(pingora_cache::NoCacheReason::Custom("no cache route"))
+            }
+        })
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        crate::cache::variance(meta.response_header(), req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        let serve = crate::cache::serve_stale(error);
+        if let (true, Some(e)) = (serve, error) {
+            stale_instead_of_error(ctx, e);
+        }
+        serve
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -564,7 +682,7 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -590,6 +708,15 @@ impl ProxyHttp for Gateway {
             for (k, v) in crate::ratelimit::headers(o) {
                 resp.insert_header(k, v)?;
             }
+        }
+        if ctx.cache.route {
+            let status = crate::cache::status(&session.cache, ctx.cache.bypass);
+            crate::cache::decorate(resp, status, &session.cache)?;
+            // a background refresh's response reaches no client: not counted
+            if session.subrequest_ctx.is_none() {
+                crate::cache::STATS.record(status);
+            }
+            ctx.cache_status = Some(status.as_str());
         }
         Ok(())
     }

@@ -1,0 +1,240 @@
+//! Cache keys.
+//!
+//! The primary key starts with the normalised path and sorted query, then a NUL byte (neither
+//! can contain one: the path normaliser rejects control characters and a URI cannot carry
+//! them), then length-prefixed components:
+//!
+//! ```text
+//! /api/x?a=1&b=2 \0 | GET | host | route name | settings hash | identity | key headers...
+//! ```
+//!
+//! Leading with the path makes purges simple byte-prefix matches over the stored primaries:
+//! `{"prefix": "/api/"}` removes every entry under `/api/` (all hosts, identities and
+//! variants), `{"key": "/api/x?a=1"}` every entry of exactly that path and query (the prefix
+//! `"/api/x?a=1\0"`). HEAD shares GET's entries: pingora fetches a full GET for a HEAD miss.
+//! `Vary` is not in the primary key: pingora keys the variants by [`super::variance`].
+
+use super::RouteCache;
+use crate::auth::Identity;
+use crate::routing::path;
+use pingora_cache::CacheKey;
+use pingora_http::RequestHeader;
+
+/// The query with empty pairs and `drop` (a parameter name, e.g. an API-key parameter) removed,
+/// pairs sorted, so that `?b=2&a=1` and `?a=1&b=2` share an entry.
+pub fn normalize_query(query: &str, drop: Option<&str>) -> String {
+    let mut pairs: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| drop.is_none_or(|d| p.split_once('=').map_or(*p, |(k, _)| k) != d))
+        .collect();
+    pairs.sort_unstable();
+    pairs.join("&")
+}
+
+fn push_component(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&bytes[..len as usize]);
+}
+
+/// `path[?query]` followed by the NUL separator: the part purges match on.
+fn resource(path: &str, query: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len() + query.len() + 2);
+    out.extend_from_slice(path.as_bytes());
+    if !query.is_empty() {
+        out.push(b'?');
+        out.extend_from_slice(query.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
+/// Everything the key is made of, taken from the request and the proxy context.
+pub struct KeyInput<'a> {
+    pub req: &'a RequestHeader,
+    pub route_name: &'a str,
+    pub route: &'a RouteCache,
+    pub identity: Option<&'a Identity>,
+    /// A query parameter that carried the API key: not part of the key.
+    pub credential_param: Option<&'a str>,
+}
+
+/// The cache key of this request (`cache_key_callback`).
+pub fn build(input: &KeyInput<'_>) -> Result<CacheKey, path::PathError> {
+    let req = input.req;
+    let normalized = path::normalize(req.uri.path())?;
+    let query = normalize_query(req.uri.query().unwrap_or(""), input.credential_param);
+    let mut primary = resource(&normalized, &query);
+    push_component(&mut primary, b"GET");
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    push_component(&mut primary, crate::routing::host_only(host).as_bytes());
+    push_component(&mut primary, input.route_name.as_bytes());
+    push_component(&mut primary, input.route.tag.as_bytes());
+    match input.identity.filter(|_| input.route.per_identity) {
+        Some(id) => {
+            let issuer = id.issuer.as_deref().unwrap_or("");
+            let who = format!("{}:{}:{}", id.kind.as_str(), issuer, id.subject);
+            push_component(&mut primary, who.as_bytes());
+        }
+        None => push_component(&mut primary, b""),
+    }
+    for name in &input.route.key_headers {
+        push_component(&mut primary, name.as_str().as_bytes());
+        let mut value = Vec::new();
+        for (i, v) in req.headers.get_all(name).iter().enumerate() {
+            if i > 0 {
+                value.push(b',');
+            }
+            value.extend_from_slice(v.as_bytes());
+        }
+        push_component(&mut primary, &value);
+    }
+    Ok(CacheKey::new(primary, input.route_name))
+}
+
+/// The stored-primary prefix shared by every entry of exactly this `path?query` (as a client
+/// would request it: the path is normalised and the query sorted like request keys).
+pub fn purge_key_prefix(key: &str) -> Result<Vec<u8>, String> {
+    let (p, q) = key.split_once('?').unwrap_or((key, ""));
+    let normalized = path::normalize(p).map_err(|e| format!("`key`: {}", e.message()))?;
+    Ok(resource(&normalized, &normalize_query(q, None)))
+}
+
+/// The stored-primary prefix of every entry under `prefix` (a path prefix, optionally with
+/// the start of a query). The path part is normalised like request paths.
+pub fn purge_path_prefix(prefix: &str) -> Result<Vec<u8>, String> {
+    let (p, rest) = match prefix.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (prefix, None),
+    };
+    let normalized = path::normalize(p).map_err(|e| format!("`prefix`: {}", e.message()))?;
+    let mut out = normalized.as_bytes().to_vec();
+    // normalisation drops a trailing "/." and similar, but keeps a trailing slash
+    if let Some(q) = rest {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::config::{Dur, LineIndex, Problems, RouteCacheConfig};
+    use pingora_cache::key::CacheHashKey;
+
+    fn route(auth: bool, shared: bool, key_headers: &[&str]) -> RouteCache {
+        let cfg = RouteCacheConfig {
+            ttl: Dur::secs(30),
+            statuses: vec![200],
+            key_headers: key_headers.iter().map(|s| s.to_string()).collect(),
+            shared,
+            override_upstream: false,
+            stale_while_revalidate: Dur::secs(0),
+            stale_if_error: Dur::secs(0),
+        };
+        let index = LineIndex::build("");
+        let mut p = Problems::new("t", &index);
+        RouteCache::build(&cfg, auth, "routes[0].cache", &mut p).unwrap()
+    }
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build(http::Method::GET, uri.as_bytes(), None).unwrap();
+        r.insert_header("host", "API.example.com:8080").unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn key(r: &RequestHeader, rc: &RouteCache, id: Option<&Identity>) -> CacheKey {
+        build(&KeyInput {
+            req: r,
+            route_name: "r",
+            route: rc,
+            identity: id,
+            credential_param: Some("api_key"),
+        })
+        .unwrap()
+    }
+
+    fn ident(subject: &str) -> Identity {
+        Identity {
+            subject: subject.into(),
+            ..Identity::default()
+        }
+    }
+
+    #[test]
+    fn query_is_normalised() {
+        assert_eq!(normalize_query("b=2&a=1&&", None), "a=1&b=2");
+        assert_eq!(
+            normalize_query("a=1&api_key=s3cr3t", Some("api_key")),
+            "a=1"
+        );
+        let rc = route(false, false, &[]);
+        let a = key(&req("/x?b=2&a=1", &[]), &rc, None);
+        let b = key(&req("/x?a=1&b=2&api_key=k", &[]), &rc, None);
+        let c = key(&req("/.//x?a=1&b=2", &[]), &rc, None);
+        assert_eq!(a.primary_bin(), b.primary_bin());
+        assert_eq!(a.primary_bin(), c.primary_bin());
+        assert!(a.primary_key().starts_with(b"/x?a=1&b=2\0"));
+        let d = key(&req("/x?a=1", &[]), &rc, None);
+        assert_ne!(a.primary_bin(), d.primary_bin());
+    }
+
+    #[test]
+    fn identity_headers_and_settings_separate_entries() {
+        let rc = route(true, false, &["x-tenant"]);
+        let r = req("/x", &[("x-tenant", "a")]);
+        let (alice, bob) = (ident("alice"), ident("bob"));
+        let k1 = key(&r, &rc, Some(&alice));
+        assert_eq!(k1.primary_bin(), key(&r, &rc, Some(&alice)).primary_bin());
+        assert_ne!(k1.primary_bin(), key(&r, &rc, Some(&bob)).primary_bin());
+        let r2 = req("/x", &[("x-tenant", "b")]);
+        assert_ne!(k1.primary_bin(), key(&r2, &rc, Some(&alice)).primary_bin());
+        // shared: identities share entries
+        let shared = route(true, true, &["x-tenant"]);
+        assert_eq!(
+            key(&r, &shared, Some(&alice)).primary_bin(),
+            key(&r, &shared, Some(&bob)).primary_bin()
+        );
+        // other settings, other keys
+        assert_ne!(
+            key(&r, &shared, Some(&alice)).primary_bin(),
+            key(&r, &route(true, true, &[]), Some(&alice)).primary_bin()
+        );
+    }
+
+    #[test]
+    fn head_shares_get() {
+        let rc = route(false, false, &[]);
+        let get = req("/x", &[]);
+        let mut head = req("/x", &[]);
+        head.set_method(http::Method::HEAD);
+        assert_eq!(
+            key(&get, &rc, None).primary_bin(),
+            key(&head, &rc, None).primary_bin()
+        );
+    }
+
+    #[test]
+    fn purge_prefixes() {
+        assert_eq!(
+            purge_key_prefix("/api/x?b=2&a=1").unwrap(),
+            b"/api/x?a=1&b=2\0"
+        );
+        assert_eq!(purge_key_prefix("/api//x").unwrap(), b"/api/x\0");
+        assert_eq!(purge_path_prefix("/api/").unwrap(), b"/api/");
+        assert_eq!(purge_path_prefix("/api/x?a=").unwrap(), b"/api/x?a=");
+        assert!(purge_path_prefix("api").is_err());
+        assert!(purge_key_prefix("/../x").is_err());
+    }
+}
