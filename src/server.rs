@@ -81,6 +81,7 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
         "portcullis supervisor",
         Supervisor {
             runtime: runtime.clone(),
+            phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
         },
     ));
     drop(snap);

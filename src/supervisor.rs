@@ -4,7 +4,7 @@
 
 use crate::runtime::Runtime;
 use async_trait::async_trait;
-use pingora_core::server::ShutdownWatch;
+use pingora_core::server::{ExecutionPhase, ShutdownWatch};
 use pingora_core::services::background::BackgroundService;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,8 @@ fn config_mtime(rt: &Runtime) -> Option<std::time::SystemTime> {
 
 pub struct Supervisor {
     pub runtime: Arc<Runtime>,
+    /// Pingora's execution phases, to notice a graceful upgrade or shutdown.
+    pub phases: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
 }
 
 #[async_trait]
@@ -35,6 +37,7 @@ impl BackgroundService for Supervisor {
                 None
             }
         };
+        let mut phases = self.phases.lock().ok().and_then(|mut p| p.take());
         let mut last_mtime = config_mtime(&self.runtime);
         let mut watch_tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
@@ -47,7 +50,24 @@ impl BackgroundService for Supervisor {
                         let _ = crate::admin::reload_and_log(&self.runtime).await;
                     }
                 }
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => {
+                    crate::runtime::DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+                phase = async { match phases.as_mut() { Some(p) => p.recv().await.ok(), None => std::future::pending().await } } => {
+                    match phase {
+                        Some(ExecutionPhase::GracefulUpgradeTransferringFds)
+                        | Some(ExecutionPhase::GracefulUpgradeCloseTimeout)
+                        | Some(ExecutionPhase::GracefulTerminate)
+                        | Some(ExecutionPhase::ShutdownStarted) => {
+                            if !crate::runtime::DRAINING.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                                log::info!("draining: responses now close their connections");
+                            }
+                        }
+                        Some(_) => {}
+                        None => phases = None,
+                    }
+                }
                 _ = tick.tick() => {
                     let snap = self.runtime.snapshot();
                     for u in snap.upstreams.values() {

@@ -101,6 +101,14 @@ async fn metrics_after_a_known_sequence() {
         503
     ); // breaker open now
 
+    // logging (and so counting) runs just after each response is sent: let it settle
+    let settled = eventually(Duration::from_secs(5), || async {
+        let m = metrics(&gw).await;
+        series(&m, "portcullis_requests_in_flight") == Some(0.0)
+            && series(&m, "portcullis_requests_total{method=\"GET\",route=\"flaky\",status=\"503\",upstream=\"flaky\"}") == Some(3.0)
+    })
+    .await;
+    assert!(settled, "metrics settle");
     let m = metrics(&gw).await;
     let get = |p: &str| series(&m, p).unwrap_or_else(|| panic!("no series {p} in:\n{m}"));
     assert_eq!(get("portcullis_requests_total{method=\"GET\",route=\"main\",status=\"200\",upstream=\"main\"}"), 3.0);

@@ -147,6 +147,12 @@ impl AdminApp {
                     .set(state as i64);
             }
         }
+        METRICS
+            .cache_bytes
+            .set(crate::cache::STATS.bytes_stored() as i64);
+        METRICS
+            .cache_evictions
+            .set(crate::cache::STATS.evictions() as i64);
         let mut r = Response::new(crate::observe::metrics::render());
         r.headers_mut().insert(
             http::header::CONTENT_TYPE,

@@ -127,7 +127,7 @@ pub fn purge_path_prefix(prefix: &str) -> Result<Vec<u8>, String> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::config::{Dur, LineIndex, Problems, RouteCacheConfig};
+    use crate::config::{Dur, Problems, RouteCacheConfig};
     use pingora_cache::key::CacheHashKey;
 
     fn route(auth: bool, shared: bool, key_headers: &[&str]) -> RouteCache {
@@ -140,8 +140,8 @@ mod tests {
             stale_while_revalidate: Dur::secs(0),
             stale_if_error: Dur::secs(0),
         };
-        let index = LineIndex::build("");
-        let mut p = Problems::new("t", &index);
+        let src = crate::config::parse_str("t.yaml", "{}").unwrap();
+        let mut p = Problems::new(&src);
         RouteCache::build(&cfg, auth, "routes[0].cache", &mut p).unwrap()
     }
 

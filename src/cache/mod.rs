@@ -175,6 +175,18 @@ impl CacheStats {
             CacheStatus::Stale => &self.stale,
         };
         c.fetch_add(1, Ordering::Relaxed);
+        static PROM: once_cell::sync::Lazy<[prometheus::IntCounter; 4]> =
+            once_cell::sync::Lazy::new(|| {
+                let m = &crate::observe::metrics::METRICS.cache_requests;
+                ["HIT", "MISS", "BYPASS", "STALE"].map(|r| m.with_label_values(&[r]))
+            });
+        let i = match status {
+            CacheStatus::Hit => 0,
+            CacheStatus::Miss => 1,
+            CacheStatus::Bypass => 2,
+            CacheStatus::Stale => 3,
+        };
+        PROM[i].inc();
     }
 
     pub fn record_purged(&self, entries: usize) {

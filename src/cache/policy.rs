@@ -217,7 +217,7 @@ pub fn response(route: &RouteCache, req: &RequestHeader, resp: &ResponseHeader) 
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::config::{Dur, LineIndex};
+    use crate::config::Dur;
 
     fn cfg(ttl: u64) -> RouteCacheConfig {
         RouteCacheConfig {
@@ -232,8 +232,8 @@ mod tests {
     }
 
     fn compile(c: &RouteCacheConfig, auth: bool) -> Result<RouteCache, Vec<String>> {
-        let index = LineIndex::build("");
-        let mut p = Problems::new("test.yaml", &index);
+        let src = crate::config::parse_str("t.yaml", "{}").unwrap();
+        let mut p = Problems::new(&src);
         let r = RouteCache::build(c, auth, "routes[0].cache", &mut p);
         match r {
             Some(r) if p.errors.is_empty() => Ok(r),

@@ -687,6 +687,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if crate::runtime::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+            session.set_keepalive(None);
+            resp.insert_header("connection", "close")?;
+        }
         if let Some(route) = ctx.route() {
             let ops = &route.response_headers;
             if !ops.is_empty() {

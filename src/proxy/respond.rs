@@ -52,7 +52,7 @@ pub async fn send(
     for (k, v) in &reject.headers {
         resp.insert_header(*k, v.as_str())?;
     }
-    if close {
+    if close || crate::runtime::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
         session.set_keepalive(None);
     }
     let head_only = session.req_header().method == http::Method::HEAD;
