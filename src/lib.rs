@@ -2,12 +2,17 @@
 //!
 //! Data flows one way: config file → model → validation → compiled [`snapshot::Snapshot`]
 //! → request path ([`proxy::Gateway`]).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod edge;
 pub mod net;
 pub mod observe;
 pub mod proxy;

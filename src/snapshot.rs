@@ -18,8 +18,8 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub trusted_proxies: Vec<IpNet>,
-    pub max_header_bytes: usize,
-    pub max_body_bytes: u64,
+    pub edge_limits: crate::edge::Limits,
+    pub server_ip: Option<crate::edge::IpRules>,
     pub config: Config,
 }
 
@@ -83,6 +83,7 @@ pub struct Route {
     pub rate_limit: Vec<usize>,
     pub metrics: crate::observe::metrics::RouteMetrics,
     pub cache: Option<Arc<crate::cache::RouteCache>>,
+    pub edge: crate::edge::RouteEdge,
 }
 
 impl Snapshot {
@@ -200,9 +201,22 @@ pub fn build(
         "server.trusted_proxies",
         &mut p,
     );
-    if cfg.server.limits.max_header_bytes.0 < 1024 {
-        p.push("server.limits.max_header_bytes", "must be at least 1KiB");
-    }
+    let edge_limits = crate::edge::Limits::build(&cfg.server.limits, &mut p);
+    let server_ip = cfg
+        .server
+        .ip
+        .as_ref()
+        .map(|c| crate::edge::IpRules::build(c, "server.ip", &mut p));
+    let server_cors = cfg
+        .server
+        .cors
+        .as_ref()
+        .map(|c| Arc::new(crate::edge::Cors::build(c, "server.cors", &mut p)));
+    let server_security = Arc::new(crate::edge::Security::build(
+        &cfg.server.security_headers,
+        "server.security_headers",
+        &mut p,
+    ));
 
     // upstreams
     let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
@@ -441,6 +455,35 @@ pub fn build(
             entry.push((i, methods));
         }
 
+        let edge = crate::edge::RouteEdge {
+            ip: r
+                .ip
+                .as_ref()
+                .map(|c| crate::edge::IpRules::build(c, &format!("{base}.ip"), &mut p)),
+            cors: match &r.cors {
+                Some(c) => Some(Arc::new(crate::edge::Cors::build(
+                    c,
+                    &format!("{base}.cors"),
+                    &mut p,
+                ))),
+                None => server_cors.clone(),
+            },
+            security: match &r.security_headers {
+                Some(c) => Arc::new(crate::edge::Security::build(
+                    c,
+                    &format!("{base}.security_headers"),
+                    &mut p,
+                )),
+                None => server_security.clone(),
+            },
+            compression: r.compression.as_ref().map(|c| {
+                crate::edge::Compression::build(c, &format!("{base}.compression"), &mut p)
+            }),
+            max_body_bytes: r
+                .max_body_bytes
+                .map(|b| b.0)
+                .unwrap_or(cfg.server.limits.max_body_bytes.0),
+        };
         let rate_limit =
             limits.route_policies(&r.rate_limit, &format!("{base}.rate_limit"), &mut p);
         let route_auth = r
@@ -489,6 +532,7 @@ pub fn build(
             rate_limit,
             metrics,
             cache: route_cache,
+            edge,
         });
     }
 
@@ -509,8 +553,8 @@ pub fn build(
         routes,
         upstreams,
         trusted_proxies,
-        max_header_bytes: cfg.server.limits.max_header_bytes.0 as usize,
-        max_body_bytes: cfg.server.limits.max_body_bytes.0,
+        edge_limits,
+        server_ip,
         config: cfg.clone(),
     })
 }

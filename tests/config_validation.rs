@@ -35,6 +35,7 @@ fn shipped_demo_config_is_valid() {
             "-c",
             concat!(env!("CARGO_MANIFEST_DIR"), "/conf/portcullis.yaml"),
         ])
+        .env("PORTCULLIS_DEMO_JWT_SECRET", "test-secret")
         .output()
         .unwrap();
     assert!(

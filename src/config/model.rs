@@ -359,12 +359,127 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Client IP rules for every route (a route's own `ip` is checked as well).
+    #[serde(default)]
+    pub ip: Option<IpRulesConfig>,
+    /// CORS for routes that do not set their own.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+    /// Security response headers for routes that do not set their own.
+    #[serde(default)]
+    pub security_headers: SecurityHeadersConfig,
+}
+
+/// `allow` (if not empty) must contain the client; `deny` must not. CIDR blocks or IPs.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IpRulesConfig {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins (`https://app.example.com`) or `*`.
+    pub allow_origins: Vec<String>,
+    #[serde(default = "default_cors_methods")]
+    pub allow_methods: Vec<String>,
+    /// Request headers a browser may send; `*` allows whatever the preflight asks for.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    #[serde(default = "default_cors_max_age")]
+    pub max_age: Dur,
+}
+
+fn default_cors_methods() -> Vec<String> {
+    ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_cors_max_age() -> Dur {
+    Dur::secs(600)
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityHeadersConfig {
+    /// `Strict-Transport-Security` on responses to TLS requests; empty to turn off.
+    #[serde(default = "default_hsts")]
+    pub hsts: String,
+    /// `X-Content-Type-Options: nosniff`.
+    #[serde(default = "default_true")]
+    pub content_type_options: bool,
+    /// `X-Frame-Options` value, e.g. `DENY`.
+    #[serde(default)]
+    pub frame_options: Option<String>,
+    #[serde(default)]
+    pub referrer_policy: Option<String>,
+    #[serde(default)]
+    pub content_security_policy: Option<String>,
+}
+
+impl Default for SecurityHeadersConfig {
+    fn default() -> Self {
+        SecurityHeadersConfig {
+            hsts: default_hsts(),
+            content_type_options: true,
+            frame_options: None,
+            referrer_policy: None,
+            content_security_policy: None,
+        }
+    }
+}
+
+fn default_hsts() -> String {
+    "max-age=31536000".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// 1 (fast) to 9 (small); gzip, brotli and zstd as the client accepts.
+    #[serde(default = "default_compression_level")]
+    pub level: u32,
+    /// Responses smaller than this (by Content-Length) are sent as they are.
+    #[serde(default = "default_compression_min")]
+    pub min_size: ByteSize,
+    /// Content types compressed; `text/*` matches every text type.
+    #[serde(default = "default_compression_types")]
+    pub content_types: Vec<String>,
+}
+
+fn default_compression_level() -> u32 {
+    6
+}
+fn default_compression_min() -> ByteSize {
+    ByteSize(1024)
+}
+fn default_compression_types() -> Vec<String> {
+    [
+        "text/*",
+        "application/json",
+        "application/javascript",
+        "application/xml",
+        "image/svg+xml",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: default_listen(),
+            ip: None,
+            cors: None,
+            security_headers: SecurityHeadersConfig::default(),
             admin: None,
             trusted_proxies: Vec::new(),
             limits: LimitsConfig::default(),
@@ -393,19 +508,54 @@ fn default_admin_listen() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
+    /// Request line and headers together (431 beyond).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: ByteSize,
+    /// Number of request headers (431 beyond).
+    #[serde(default = "default_max_header_count")]
+    pub max_header_count: usize,
+    /// Request target (path and query) length (414 beyond).
+    #[serde(default = "default_max_uri_bytes")]
+    pub max_uri_bytes: ByteSize,
+    /// Request body, checked against Content-Length and while streaming (413 beyond).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: ByteSize,
+    /// Longest wait for the next piece of a request body (408 beyond).
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: Dur,
+    /// How long an idle client connection is kept open between requests.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: Dur,
+    /// Requests in progress at once from one client IP (0: no cap; 429 beyond).
+    #[serde(default)]
+    pub max_concurrent_per_ip: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_header_bytes: default_max_header_bytes(),
+            max_header_count: default_max_header_count(),
+            max_uri_bytes: default_max_uri_bytes(),
             max_body_bytes: default_max_body_bytes(),
+            body_timeout: default_body_timeout(),
+            keepalive_timeout: default_keepalive_timeout(),
+            max_concurrent_per_ip: 0,
         }
     }
+}
+
+fn default_max_header_count() -> usize {
+    100
+}
+fn default_max_uri_bytes() -> ByteSize {
+    ByteSize(8 * 1024)
+}
+fn default_body_timeout() -> Dur {
+    Dur::secs(30)
+}
+fn default_keepalive_timeout() -> Dur {
+    Dur::secs(60)
 }
 
 fn default_max_header_bytes() -> ByteSize {
@@ -769,6 +919,17 @@ pub struct RouteConfig {
     /// Rate-limit policies (names under `rate_limits.policies`); all must pass.
     #[serde(default)]
     pub rate_limit: Vec<String>,
+    #[serde(default)]
+    pub ip: Option<IpRulesConfig>,
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+    #[serde(default)]
+    pub security_headers: Option<SecurityHeadersConfig>,
+    #[serde(default)]
+    pub compression: Option<CompressionConfig>,
+    /// A smaller (or larger) body limit for this route than `server.limits.max_body_bytes`.
+    #[serde(default)]
+    pub max_body_bytes: Option<ByteSize>,
     /// Cache GET/HEAD responses of this route.
     #[serde(default)]
     pub cache: Option<RouteCacheConfig>,

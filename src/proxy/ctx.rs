@@ -55,6 +55,10 @@ pub struct Ctx {
     pub cache_status: Option<&'static str>,
     /// Response-cache state: whether the route caches, and whether this request bypassed it.
     pub cache: crate::cache::CacheCtx,
+    /// Counts this request in the per-IP in-flight cap while it lives.
+    pub ip_guard: Option<pingora_limits::inflight::Guard>,
+    /// Request body bytes seen so far.
+    pub body_bytes: u64,
 }
 
 impl Default for Ctx {
@@ -90,6 +94,8 @@ impl Default for Ctx {
             upstream_us: None,
             final_status: None,
             cache_status: None,
+            ip_guard: None,
+            body_bytes: 0,
             cache: crate::cache::CacheCtx::default(),
         }
     }

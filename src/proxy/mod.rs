@@ -3,6 +3,7 @@
 
 pub mod attempt;
 pub mod ctx;
+pub mod edge;
 pub mod forwarded;
 pub mod logging;
 pub mod respond;
@@ -57,7 +58,13 @@ fn route_request(session: &Session, ctx: &mut Ctx) {
         .unwrap_or("");
     let host = routing::host_only(host);
     let segs = routing::segments(&normalized);
-    match snap.router.lookup(&host, &segs, &req.method, &req.headers) {
+    // a CORS preflight is routed as the request it announces
+    let preflight_method = crate::edge::is_preflight(req)
+        .then(|| req.headers.get(http::header::ACCESS_CONTROL_REQUEST_METHOD))
+        .flatten()
+        .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
+    let method = preflight_method.as_ref().unwrap_or(&req.method);
+    match snap.router.lookup(&host, &segs, method, &req.headers) {
         Lookup::Found(i) => {
             ctx.route = Some(i);
             let route = &snap.routes[i];
@@ -278,6 +285,15 @@ fn stale_instead_of_error(ctx: &mut Ctx, e: &Error) {
 
 /// Status and error code for a proxying failure.
 fn classify(e: &Error) -> (u16, &'static str, &'static str) {
+    if matches!(e.esource(), ErrorSource::Downstream)
+        && matches!(e.etype(), ErrorType::ReadTimedout)
+    {
+        return (
+            408,
+            "request_timeout",
+            "the request body was not received in time",
+        );
+    }
     match e.etype() {
         ErrorType::HTTPStatus(code) => (*code, "error", "the request failed"),
         ErrorType::ConnectTimedout
@@ -344,12 +360,25 @@ impl ProxyHttp for Gateway {
             ctx.client_ip = Some(client);
             ctx.peer_trusted = trusted;
         }
+        if let Some(reject) = snap.edge_limits.check_head(session.req_header()) {
+            ctx.reject = Some(reject);
+            ctx.snapshot = Some(snap);
+            return Ok(());
+        }
         ctx.snapshot = Some(snap);
         route_request(session, ctx);
+        edge::enable_compression(session, ctx);
         Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if ctx.reject.is_none() {
+            if let Some(preflight) = edge::before_auth(session, ctx) {
+                edge::answer_preflight(session, ctx, preflight).await?;
+                ctx.final_status = Some(204);
+                return Ok(true);
+            }
+        }
         if ctx.reject.is_none() {
             authenticate(session, ctx).await;
         }
@@ -722,7 +751,18 @@ impl ProxyHttp for Gateway {
             }
             ctx.cache_status = Some(status.as_str());
         }
+        edge::decorate(session, resp, ctx)?;
         Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        edge::count_body(ctx, body.as_ref())
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
