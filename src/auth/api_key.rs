@@ -49,6 +49,7 @@ fn httpdate_like(s: &str) -> Result<u64, String> {
         .collect::<Result<_, _>>()?;
     if d.len() != 3
         || t.len() != 3
+        || !(1970..=9999).contains(&d[0])
         || !(1..=12).contains(&d[1])
         || !(1..=31).contains(&d[2])
         || t[0] > 23

@@ -416,7 +416,9 @@ impl Auth {
             ));
         }
         let exp = jwt_exp(token).unwrap_or(now);
-        let valid_until = (exp + issuer.leeway).min(now + self.token_ttl);
+        let valid_until = exp
+            .saturating_add(issuer.leeway)
+            .min(now.saturating_add(self.token_ttl));
         if valid_until > now {
             self.token_cache
                 .insert(digest, id.clone(), valid_until, now);

@@ -40,6 +40,9 @@ impl KeyKind {
     }
 }
 
+/// 2 windows × 4 rows × 2^20 slots × 8 bytes = 64 MiB per limiter at most.
+pub const MAX_SKETCH_SLOTS: usize = 1 << 20;
+
 pub struct Policy {
     pub name: Arc<str>,
     /// Index of the policy (stable within a snapshot), used for cluster keys.
@@ -111,13 +114,20 @@ impl RateLimits {
     pub fn build(c: &RateLimitsConfig, prev: Option<&RateLimits>, p: &mut Problems) -> RateLimits {
         let mut policies = Vec::new();
         let mut by_name = HashMap::new();
-        if c.sketch_slots < 64 || c.sketch_slots > (1 << 24) {
+        if c.sketch_slots < 64 || c.sketch_slots > MAX_SKETCH_SLOTS {
             p.push(
                 "rate_limits.sketch_slots",
-                "must be between 64 and 16777216",
+                format!("must be between 64 and {MAX_SKETCH_SLOTS}"),
             );
+            // do not build limiters for a config that is refused anyway (they can be large)
+            return RateLimits {
+                config: c.clone(),
+                policies: Vec::new(),
+                by_name: HashMap::new(),
+                cluster: None,
+            };
         }
-        let slots = c.sketch_slots.clamp(64, 1 << 24);
+        let slots = c.sketch_slots;
         for (name, t) in &c.tiers {
             if t.requests == 0 || t.per.get().is_zero() {
                 p.push(

@@ -24,6 +24,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Largest backend weight: weighted selection tables hold one entry per unit of weight,
+/// and the consistent-hash ring 160 points per unit.
+pub const MAX_WEIGHT: u32 = 10_000;
+
 /// Longest walk over the selection ring before giving up on finding an acceptable backend.
 const MAX_SELECT_ITERATIONS: usize = 256;
 
@@ -212,12 +216,24 @@ impl Upstream {
         let mut errors = Vec::new();
         let mut configured = Vec::new();
         for (i, b) in cfg.backends.iter().enumerate() {
+            if b.weight > MAX_WEIGHT {
+                errors.push((
+                    format!("backends[{i}].weight"),
+                    format!("must be at most {MAX_WEIGHT}"),
+                ));
+            }
             match AddrSpec::parse(&b.addr) {
                 Ok(spec) => configured.push((spec, b.weight)),
                 Err(e) => errors.push((format!("backends[{i}].addr"), e)),
             }
         }
         if let Some(d) = &cfg.discovery {
+            if d.weight == 0 || d.weight > MAX_WEIGHT {
+                errors.push((
+                    "discovery.weight".into(),
+                    format!("must be 1..{MAX_WEIGHT}"),
+                ));
+            }
             match AddrSpec::parse(&d.dns) {
                 Ok(AddrSpec::Name { host, port }) => {
                     configured.push((AddrSpec::Name { host, port }, d.weight))
@@ -263,6 +279,20 @@ impl Upstream {
             }
             if hc.interval.get().is_zero() {
                 errors.push(("health_check.interval".into(), "must be above 0".into()));
+            }
+            if let Some(h) = &hc.host {
+                if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
+                    errors.push((
+                        "health_check.host".into(),
+                        "not a valid Host header value".into(),
+                    ));
+                }
+            }
+            if hc.path.parse::<http::uri::PathAndQuery>().is_err() {
+                errors.push((
+                    "health_check.path".into(),
+                    "not a valid request path".into(),
+                ));
             }
             if !hc.path.starts_with('/') {
                 errors.push(("health_check.path".into(), "must start with `/`".into()));
