@@ -61,5 +61,9 @@ install: build
 	@id portcullis >/dev/null 2>&1 || $(SUDO) useradd --system --no-create-home --shell /usr/sbin/nologin portcullis
 	-$(SUDO) systemctl daemon-reload
 
+# Bounded fuzzing of the config parser, path router and credential parsers (not in `make test`).
+fuzz:
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-60} ./fuzz/run.sh
+
 clean:
 	$(CARGO) clean

@@ -102,3 +102,35 @@ fn out_of_range_sketch_slots_is_an_error() {
     let yaml = "rate_limits:\n  sketch_slots: 99999999999\n  policies:\n    a: { key: ip, requests: 1, per: 1s }\n";
     assert_config_error(yaml, "rate_limits.sketch_slots");
 }
+
+/// 7: the ketama ring has 160 points per unit of *total* weight; each weight is capped,
+/// the sum is not. Without a fix this test takes minutes and ~3 GB: run it alone.
+#[test]
+fn consistent_hash_total_weight_is_bounded() {
+    let mut yaml = String::from("upstreams:\n  a:\n    lb: consistent_hash\n    backends:\n");
+    for i in 0..230 {
+        yaml.push_str(&format!(
+            "      - {{ addr: \"10.0.{}.{}:80\", weight: 10000 }}\n",
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    let t = std::time::Instant::now();
+    assert_config_error(&yaml, "upstreams.a");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+/// 8: each limiter may take 64 MiB, and there may be any number of them.
+/// Without a fix this test allocates ~3 GiB before it fails.
+#[test]
+fn total_rate_limit_sketch_memory_is_bounded() {
+    let mut yaml = String::from("rate_limits:\n  sketch_slots: 1048576\n  policies:\n");
+    for i in 0..48 {
+        yaml.push_str(&format!("    p{i}: {{ key: ip, requests: 1, per: 1s }}\n"));
+    }
+    assert_config_error(&yaml, "rate_limits");
+}

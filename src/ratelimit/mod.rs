@@ -43,6 +43,9 @@ impl KeyKind {
 /// 2 windows × 4 rows × 2^20 slots × 8 bytes = 64 MiB per limiter at most.
 pub const MAX_SKETCH_SLOTS: usize = 1 << 20;
 
+/// All rate-limit sketches together.
+pub const MAX_SKETCH_BYTES: u64 = 512 << 20;
+
 pub struct Policy {
     pub name: Arc<str>,
     /// Index of the policy (stable within a snapshot), used for cluster keys.
@@ -128,6 +131,35 @@ impl RateLimits {
             };
         }
         let slots = c.sketch_slots;
+        // every limiter holds two sketches of 4 rows: bound the total, not just each one
+        let limiters: usize = c
+            .policies
+            .values()
+            .map(|pc| {
+                if pc.key == "client" {
+                    1 + c.tiers.len()
+                } else {
+                    1
+                }
+            })
+            .sum();
+        let bytes = limiters as u64 * slots as u64 * 64;
+        if bytes > MAX_SKETCH_BYTES {
+            p.push(
+                "rate_limits",
+                format!(
+                    "{limiters} limiters of {slots} slots would take {} MiB (at most {} MiB): lower sketch_slots or use fewer policies",
+                    bytes >> 20,
+                    MAX_SKETCH_BYTES >> 20
+                ),
+            );
+            return RateLimits {
+                config: c.clone(),
+                policies: Vec::new(),
+                by_name: HashMap::new(),
+                cluster: None,
+            };
+        }
         for (name, t) in &c.tiers {
             if t.requests == 0 || t.per.get().is_zero() {
                 p.push(

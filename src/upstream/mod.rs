@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 /// and the consistent-hash ring 160 points per unit.
 pub const MAX_WEIGHT: u32 = 10_000;
 
+/// Largest total weight of a consistent-hash upstream (1.6 million ring points).
+pub const MAX_HASH_TOTAL_WEIGHT: u64 = 10_000;
+
 /// Longest walk over the selection ring before giving up on finding an acceptable backend.
 const MAX_SELECT_ITERATIONS: usize = 256;
 
@@ -245,6 +248,16 @@ impl Upstream {
         if cfg.backends.is_empty() && cfg.discovery.is_none() {
             // allowed: backends may be registered at runtime through the admin API
             log::info!("upstream `{name}` has no configured backends; it waits for registrations");
+        } else if cfg.lb == LbKind::ConsistentHash
+            && cfg.backends.iter().map(|b| b.weight as u64).sum::<u64>()
+                + cfg.discovery.as_ref().map_or(0, |d| d.weight as u64)
+                > MAX_HASH_TOTAL_WEIGHT
+        {
+            // the ring has 160 points per unit of weight
+            errors.push((
+                "backends".into(),
+                format!("a consistent_hash upstream's weights may add up to at most {MAX_HASH_TOTAL_WEIGHT}"),
+            ));
         } else if !cfg.backends.is_empty()
             && cfg.discovery.is_none()
             && cfg.backends.iter().all(|b| b.weight == 0)
