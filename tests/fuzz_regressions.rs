@@ -1,4 +1,4 @@
-//! Regressions found by `fuzz/` (see fuzz/REGRESSION_TESTS.md). Each input once made
+//! Regressions found by `fuzz/` (see fuzz/README.md). Each input once made
 //! `config::parse_str` + `snapshot::build`, or `Auth::authenticate`, panic or run out
 //! of memory; each must now be an ordinary error (or, for 5, an ordinary success).
 
