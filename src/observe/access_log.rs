@@ -7,7 +7,6 @@
 use super::metrics::METRICS;
 use crate::runtime::Runtime;
 use once_cell::sync::OnceCell;
-use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -78,44 +77,78 @@ fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-pub fn to_json(r: &Record) -> Value {
-    let mut m = Map::new();
-    m.insert("time".into(), json!(rfc3339(r.time)));
-    m.insert("request_id".into(), json!(r.request_id));
-    m.insert("trace_id".into(), json!(r.trace_id));
-    m.insert(
-        "client_ip".into(),
-        json!(r.client_ip.map(|i| i.to_string())),
-    );
-    m.insert("identity".into(), json!(r.identity));
-    m.insert("method".into(), json!(r.method.as_str()));
-    m.insert("path".into(), json!(r.path));
-    m.insert("route".into(), json!(r.route.as_deref()));
-    m.insert("upstream".into(), json!(r.upstream.as_deref()));
-    m.insert("backend".into(), json!(r.backend.map(|b| b.to_string())));
-    m.insert("status".into(), json!(r.status));
-    m.insert("bytes_in".into(), json!(r.bytes_in));
-    m.insert("bytes_out".into(), json!(r.bytes_out));
-    m.insert("duration_ms".into(), json!(r.duration_us as f64 / 1000.0));
-    m.insert(
-        "upstream_ms".into(),
-        json!(r.upstream_us.map(|u| u as f64 / 1000.0)),
-    );
-    m.insert("retries".into(), json!(r.retries));
-    m.insert("cache".into(), json!(r.cache));
-    m.insert(
-        "rate_limit".into(),
-        match &r.rate_limit {
-            Some((p, rem, limited)) => {
-                json!({ "policy": p.as_ref(), "remaining": rem, "limited": limited })
-            }
-            None => Value::Null,
-        },
-    );
-    if let Some(e) = &r.error {
-        m.insert("error".into(), json!(e));
+/// Append one JSON line for `r` to `out`, field by field (no intermediate map).
+pub fn write_line(r: &Record, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    fn s(out: &mut Vec<u8>, v: &str) {
+        let _ = serde_json::to_writer(&mut *out, v);
     }
-    Value::Object(m)
+    fn opt(out: &mut Vec<u8>, v: Option<&str>) {
+        match v {
+            Some(v) => s(out, v),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.extend_from_slice(b"{\"time\":");
+    s(out, &rfc3339(r.time));
+    out.extend_from_slice(b",\"request_id\":");
+    s(out, &r.request_id);
+    out.extend_from_slice(b",\"trace_id\":");
+    s(out, &r.trace_id);
+    out.extend_from_slice(b",\"client_ip\":");
+    match r.client_ip {
+        Some(ip) => {
+            let _ = write!(out, "\"{ip}\"");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"identity\":");
+    opt(out, r.identity.as_deref());
+    out.extend_from_slice(b",\"method\":");
+    s(out, r.method.as_str());
+    out.extend_from_slice(b",\"path\":");
+    s(out, &r.path);
+    out.extend_from_slice(b",\"route\":");
+    opt(out, r.route.as_deref());
+    out.extend_from_slice(b",\"upstream\":");
+    opt(out, r.upstream.as_deref());
+    out.extend_from_slice(b",\"backend\":");
+    match r.backend {
+        Some(b) => {
+            let _ = write!(out, "\"{b}\"");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    let _ = write!(
+        out,
+        ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.3},\"upstream_ms\":",
+        r.status,
+        r.bytes_in,
+        r.bytes_out,
+        r.duration_us as f64 / 1000.0
+    );
+    match r.upstream_us {
+        Some(u) => {
+            let _ = write!(out, "{:.3}", u as f64 / 1000.0);
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    let _ = write!(out, ",\"retries\":{},\"cache\":", r.retries);
+    opt(out, r.cache);
+    out.extend_from_slice(b",\"rate_limit\":");
+    match &r.rate_limit {
+        Some((p, rem, limited)) => {
+            out.extend_from_slice(b"{\"policy\":");
+            s(out, p);
+            let _ = write!(out, ",\"remaining\":{rem},\"limited\":{limited}}}");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    if let Some(e) = &r.error {
+        out.extend_from_slice(b",\"error\":");
+        s(out, e);
+    }
+    out.extend_from_slice(b"}\n");
 }
 
 enum Target {
@@ -165,7 +198,7 @@ fn rotated(t: &Target) -> bool {
     }
 }
 
-fn write_line(t: &mut Target, line: &[u8]) {
+fn write_out(t: &mut Target, line: &[u8]) {
     let r = match t {
         Target::Stdout(w) => w.write_all(line),
         Target::File { out, .. } => out.write_all(line),
@@ -186,19 +219,22 @@ fn run_writer(rx: Receiver<Record>, runtime: Arc<Runtime>) {
     let mut path = runtime.snapshot().config.access_log.path.clone();
     let mut target = open(&path);
     let mut last_check = std::time::Instant::now();
+    let mut line = Vec::with_capacity(128 * 1024);
     loop {
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(r) => {
                 if let Some(t) = target.as_mut() {
-                    let mut line = serde_json::to_vec(&to_json(&r)).unwrap_or_default();
-                    line.push(b'\n');
-                    write_line(t, &line);
+                    line.clear();
+                    write_line(&r, &mut line);
                     // write what else is queued before flushing
                     while let Ok(r) = rx.try_recv() {
-                        let mut line = serde_json::to_vec(&to_json(&r)).unwrap_or_default();
-                        line.push(b'\n');
-                        write_line(t, &line);
+                        write_line(&r, &mut line);
+                        if line.len() > 64 * 1024 {
+                            write_out(t, &line);
+                            line.clear();
+                        }
                     }
+                    write_out(t, &line);
                     flush(t);
                 }
             }
@@ -240,6 +276,40 @@ pub fn start(runtime: Arc<Runtime>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_json() {
+        let r = Record {
+            time: std::time::UNIX_EPOCH,
+            request_id: "id\"1".into(),
+            trace_id: "t".into(),
+            client_ip: Some("10.0.0.1".parse().unwrap()),
+            identity: None,
+            method: http::Method::GET,
+            path: "/a\\b".into(),
+            route: Some("r".into()),
+            upstream: None,
+            backend: Some("127.0.0.1:80".parse().unwrap()),
+            status: 200,
+            bytes_in: 1,
+            bytes_out: 2,
+            duration_us: 1500,
+            upstream_us: Some(1000),
+            retries: 0,
+            cache: Some("HIT"),
+            rate_limit: Some(("p".into(), 3, false)),
+            error: None,
+        };
+        let mut out = Vec::new();
+        write_line(&r, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["request_id"], "id\"1");
+        assert_eq!(v["path"], "/a\\b");
+        assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!(v["rate_limit"]["remaining"], 3);
+        assert_eq!(v["upstream"], serde_json::Value::Null);
+        assert!(out.ends_with(b"}\n"));
+    }
 
     #[test]
     fn timestamps() {
