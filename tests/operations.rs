@@ -318,7 +318,12 @@ async fn zero_downtime_binary_upgrade_twice() {
     let done = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for t in 0..4 {
-        let (stop, failures, done, drops) = (stop.clone(), failures.clone(), done.clone(), fresh_conn_drops.clone());
+        let (stop, failures, done, drops) = (
+            stop.clone(),
+            failures.clone(),
+            done.clone(),
+            fresh_conn_drops.clone(),
+        );
         let url = gw.url("/svc/x");
         tasks.push(tokio::spawn(async move {
             // two clients reuse keep-alive connections, two open a new connection each time
