@@ -81,6 +81,12 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
         settings.enable_h2();
         settings.set_offload_threadpool_from_server_conf(&server.configuration);
         proxy.add_tls_with_settings(&tls.listen, None, settings);
+        // `min_version: "1.3"` is enforced on the ClientHello (it only runs on TLS endpoints)
+        proxy
+            .endpoints()
+            .set_pre_tls_callback(Arc::new(crate::tls::MinVersionGate {
+                resolver: runtime.certs.clone(),
+            }));
     }
     server.add_service(proxy).add_dependency(&bootstrap);
 

@@ -102,34 +102,143 @@ impl CertResolver {
     }
 }
 
-/// TLS 1.3 cipher suites: a client offering none of them cannot negotiate TLS 1.3.
-fn offers_tls13(hello: &ClientHello<'_>) -> bool {
-    use rustls::CipherSuite::*;
-    hello.cipher_suites().iter().any(|s| {
-        matches!(
-            s,
-            TLS13_AES_128_GCM_SHA256
-                | TLS13_AES_256_GCM_SHA384
-                | TLS13_CHACHA20_POLY1305_SHA256
-                | TLS13_AES_128_CCM_SHA256
-                | TLS13_AES_128_CCM_8_SHA256
-        )
-    })
-}
-
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let guard = self.current.load();
-        let set = guard.as_ref()?;
-        // Pingora's rustls listener accepts TLS 1.2 and 1.3. rustls picks 1.3 whenever the
-        // client offers it, so a client without TLS 1.3 suites would end up on 1.2: with
-        // `min_version: "1.3"` it gets no certificate and the handshake fails.
-        if set.min_version == TlsVersion::Tls13 && !offers_tls13(&hello) {
-            log::debug!("TLS handshake refused: client does not offer TLS 1.3");
+        guard.as_ref()?.select(hello.server_name()).cloned()
+    }
+}
+
+/// How long a client may take to send its ClientHello when it has to be inspected.
+const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Enforces `min_version: "1.3"` before the handshake. Pingora's rustls listener always
+/// enables TLS 1.2 and 1.3 (its `TlsSettings` takes no version list), and rustls picks 1.3
+/// whenever the client offers it, so a client is held to 1.3 by refusing a ClientHello
+/// whose `supported_versions` lacks it. With the default `"1.2"` nothing is read here.
+pub struct MinVersionGate {
+    pub resolver: Arc<CertResolver>,
+}
+
+#[async_trait::async_trait]
+impl pingora_core::listeners::PreTlsProcess for MinVersionGate {
+    async fn process(
+        &self,
+        stream: &mut pingora_core::protocols::l4::stream::Stream,
+    ) -> pingora_error::Result<()> {
+        use pingora_error::{Error, ErrorType};
+        use tokio::io::AsyncWriteExt;
+        let tls13_only = self
+            .resolver
+            .current()
+            .is_some_and(|s| s.min_version == TlsVersion::Tls13);
+        if !tls13_only {
+            return Ok(());
+        }
+        let (raw, offers) = match tokio::time::timeout(HELLO_TIMEOUT, read_client_hello(stream))
+            .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                return Error::e_explain(
+                    ErrorType::TLSHandshakeFailure,
+                    format!("reading the ClientHello: {e}"),
+                )
+            }
+            Err(_) => return Error::e_explain(ErrorType::TLSHandshakeTimedout, "no ClientHello"),
+        };
+        // hand the bytes back: rustls reads them as if nothing happened
+        stream.rewind(&raw);
+        if offers == Some(false) {
+            // fatal alert protocol_version (70), as a TLS 1.2 record
+            let _ = stream
+                .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 70])
+                .await;
+            let _ = stream.flush().await;
+            return Error::e_explain(
+                ErrorType::TLSHandshakeFailure,
+                "the client does not offer TLS 1.3 (min_version 1.3)",
+            );
+        }
+        // TLS 1.3 offered, or not a ClientHello we understand: rustls decides
+        Ok(())
+    }
+}
+
+/// Read the TLS records holding the ClientHello: (the raw bytes read, whether it offers
+/// TLS 1.3; `None` when it is not a well-formed ClientHello).
+async fn read_client_hello<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+) -> std::io::Result<(Vec<u8>, Option<bool>)> {
+    use tokio::io::AsyncReadExt;
+    const MAX: usize = 64 * 1024;
+    let mut raw = Vec::with_capacity(1024);
+    let mut hs = Vec::new();
+    loop {
+        let mut hdr = [0u8; 5];
+        s.read_exact(&mut hdr).await?;
+        raw.extend_from_slice(&hdr);
+        let len = u16::from_be_bytes([hdr[3], hdr[4]]) as usize;
+        // not a handshake record (e.g. plain HTTP on the TLS port), or an absurd one
+        if hdr[0] != 0x16 || len == 0 || len > 16_384 + 2048 {
+            return Ok((raw, None));
+        }
+        let start = raw.len();
+        raw.resize(start + len, 0);
+        s.read_exact(&mut raw[start..]).await?;
+        hs.extend_from_slice(&raw[start..]);
+        if hs.len() >= 4 {
+            let need = 4 + u32::from_be_bytes([0, hs[1], hs[2], hs[3]]) as usize;
+            if hs[0] != 1 || need > MAX {
+                return Ok((raw, None));
+            }
+            if hs.len() >= need {
+                return Ok((raw, hello_offers_tls13(&hs[4..need])));
+            }
+        }
+        if raw.len() > MAX {
+            return Ok((raw, None));
+        }
+    }
+}
+
+/// Does this ClientHello body list TLS 1.3 in `supported_versions`?
+pub fn hello_offers_tls13(body: &[u8]) -> Option<bool> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if b.len() < n {
             return None;
         }
-        set.select(hello.server_name()).cloned()
+        let (h, t) = b.split_at(n);
+        *b = t;
+        Some(h)
     }
+    fn len16(b: &mut &[u8]) -> Option<usize> {
+        take(b, 2).map(|x| u16::from_be_bytes([x[0], x[1]]) as usize)
+    }
+    let mut b = body;
+    take(&mut b, 2 + 32)?; // legacy_version, random
+    let sid = *take(&mut b, 1)?.first()? as usize;
+    take(&mut b, sid)?;
+    let suites = len16(&mut b)?;
+    take(&mut b, suites)?;
+    let comp = *take(&mut b, 1)?.first()? as usize;
+    take(&mut b, comp)?;
+    if b.is_empty() {
+        return Some(false); // no extensions: TLS 1.2 at most
+    }
+    let ext_len = len16(&mut b)?;
+    let mut exts = take(&mut b, ext_len)?;
+    while !exts.is_empty() {
+        let ty = len16(&mut exts)?;
+        let n = len16(&mut exts)?;
+        let data = take(&mut exts, n)?;
+        if ty == 0x002b {
+            let (&list_len, versions) = data.split_first()?;
+            let versions = versions.get(..list_len as usize)?;
+            return Some(versions.chunks_exact(2).any(|v| v == [0x03, 0x04]));
+        }
+    }
+    Some(false)
 }
 
 /// Load `server.tls`. Errors are (key path below `server.tls`, message).
@@ -299,4 +408,57 @@ pub fn load_ca_file(path: &str) -> Result<(Arc<[WrappedX509]>, u64), String> {
         h.finish()
     };
     Ok((Arc::from(out), digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first flight of a rustls client with these versions.
+    fn client_hello(versions: &[&'static rustls::SupportedProtocolVersion]) -> Vec<u8> {
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let mut conn = rustls::ClientConnection::new(
+            Arc::new(cfg),
+            rustls::pki_types::ServerName::try_from("a.test").unwrap(),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    async fn offers(bytes: &[u8]) -> Option<bool> {
+        let mut r = bytes;
+        let (raw, offers) = read_client_hello(&mut r).await.unwrap();
+        assert_eq!(raw, bytes, "reads exactly the ClientHello");
+        offers
+    }
+
+    #[tokio::test]
+    async fn client_hello_versions() {
+        assert_eq!(
+            offers(&client_hello(rustls::ALL_VERSIONS)).await,
+            Some(true)
+        );
+        assert_eq!(
+            offers(&client_hello(&[&rustls::version::TLS13])).await,
+            Some(true)
+        );
+        assert_eq!(
+            offers(&client_hello(&[&rustls::version::TLS12])).await,
+            Some(false)
+        );
+        // plain HTTP is no ClientHello
+        let mut r: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
+        assert_eq!(read_client_hello(&mut r).await.unwrap().1, None);
+        // truncated
+        let hello = client_hello(rustls::ALL_VERSIONS);
+        assert_eq!(hello_offers_tls13(&hello[9..40]), None);
+    }
 }
