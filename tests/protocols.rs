@@ -488,6 +488,12 @@ routes:
     assert_eq!(s, 200, "{v}");
     assert_eq!(served_for(tls_port, "a.test").await, v2.der);
     assert_eq!(gw.pid(), pid);
+    let (_, status) = gw.admin(reqwest::Method::GET, "/admin/status", None).await;
+    assert_eq!(
+        status["tls"]["certificates"][0]["names"][0], "a.test",
+        "{status}"
+    );
+    assert_eq!(status["tls"]["min_version"], "1.2");
     // a connection made before the reload keeps working
     open.write_all(b"GET /before HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
         .await
@@ -519,11 +525,15 @@ routes:
     gw.write_config(&config("\"1.3\""));
     let (s, v) = gw.admin(reqwest::Method::POST, "/admin/reload", None).await;
     assert_eq!(s, 200, "{v}");
+    let (_, status) = gw.admin(reqwest::Method::GET, "/admin/status", None).await;
+    assert_eq!(status["tls"]["min_version"], "1.3", "{status}");
+    let refused = tls_connect(tls_port, "a.test", &[&rustls::version::TLS12], &[])
+        .await
+        .err()
+        .expect("TLS 1.2 refused with min_version 1.3");
     assert!(
-        tls_connect(tls_port, "a.test", &[&rustls::version::TLS12], &[])
-            .await
-            .is_err(),
-        "TLS 1.2 refused with min_version 1.3"
+        refused.to_string().contains("ProtocolVersion"),
+        "refused with a protocol_version alert: {refused}"
     );
     let s = tls_connect(tls_port, "a.test", rustls::ALL_VERSIONS, &[])
         .await
