@@ -529,8 +529,7 @@ routes:
     assert_eq!(status["tls"]["min_version"], "1.3", "{status}");
     let refused = tls_connect(tls_port, "a.test", &[&rustls::version::TLS12], &[])
         .await
-        .err()
-        .expect("TLS 1.2 refused with min_version 1.3");
+        .expect_err("TLS 1.2 refused with min_version 1.3");
     assert!(
         refused.to_string().contains("ProtocolVersion"),
         "refused with a protocol_version alert: {refused}"
