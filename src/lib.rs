@@ -22,6 +22,7 @@ pub mod runtime;
 pub mod server;
 pub mod snapshot;
 pub mod supervisor;
+pub mod tls;
 pub mod upstream;
 
 /// A new API key (256 random bits, URL-safe base64) and the config line holding its hash.

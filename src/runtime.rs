@@ -21,6 +21,8 @@ pub struct Runtime {
     pub started: Instant,
     /// Reload when the config file changes (`--watch`).
     pub watch: std::sync::atomic::AtomicBool,
+    /// The TLS listener's certificate resolver; its set follows the snapshot.
+    pub certs: Arc<crate::tls::CertResolver>,
 }
 
 #[derive(Debug)]
@@ -36,6 +38,10 @@ impl Runtime {
         let src = config::load_file(&path).map_err(|e| e.0)?;
         let snap = snapshot::build(&src, None, 1)?;
         crate::observe::metrics::METRICS.config_generation.set(1);
+        let certs = Arc::new(crate::tls::CertResolver::new());
+        if let Some(set) = &snap.tls {
+            certs.store(set.clone());
+        }
         Ok(Arc::new(Runtime {
             snapshot: ArcSwap::from_pointee(snap),
             config_path: path,
@@ -43,6 +49,7 @@ impl Runtime {
             reload_lock: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             watch: std::sync::atomic::AtomicBool::new(false),
+            certs,
         }))
     }
 
@@ -103,6 +110,10 @@ impl Runtime {
             }
         }
         let routes = built.routes.len();
+        // new connections get the new certificates; open ones keep theirs
+        if let Some(set) = &built.tls {
+            self.certs.store(set.clone());
+        }
         self.snapshot.store(Arc::new(built));
         self.generation.store(generation, Ordering::Relaxed);
         Ok(ReloadOutcome {

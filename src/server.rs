@@ -5,6 +5,8 @@ use crate::admin::AdminApp;
 use crate::proxy::Gateway;
 use crate::runtime::Runtime;
 use crate::supervisor::Supervisor;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -56,13 +58,35 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
     let snap = runtime.snapshot();
     // the response store is sized once, from the config at start-up
     crate::cache::init(&snap.config.cache);
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+    let mut options = HttpServerOptions::default();
+    // h2c: a connection starting with the HTTP/2 preface is served as HTTP/2, any other as
+    // HTTP/1 (Pingora peeks at the first bytes); on TLS the protocol comes from ALPN.
+    options.h2c = snap.config.server.h2c;
+    let mut proxy = pingora_proxy::ProxyServiceBuilder::new(
         &server.configuration,
         Gateway::new(runtime.clone()),
-        "portcullis proxy",
-    );
+    )
+    .name("portcullis proxy")
+    .server_options(options)
+    .build();
     for addr in &snap.config.server.listen {
         proxy.add_tcp(addr);
+    }
+    if let Some(tls) = &snap.config.server.tls {
+        // Certificates come from the resolver (SNI, reloadable), not from files given here.
+        let mut settings = TlsSettings::intermediate("", "")
+            .map_err(|e| format!("server.tls: cannot set up TLS: {e}"))?;
+        settings.set_cert_resolver(runtime.certs.clone());
+        // ALPN: h2 preferred, http/1.1 accepted
+        settings.enable_h2();
+        settings.set_offload_threadpool_from_server_conf(&server.configuration);
+        proxy.add_tls_with_settings(&tls.listen, None, settings);
+        // `min_version: "1.3"` is enforced on the ClientHello (it only runs on TLS endpoints)
+        proxy
+            .endpoints()
+            .set_pre_tls_callback(Arc::new(crate::tls::MinVersionGate {
+                resolver: runtime.certs.clone(),
+            }));
     }
     server.add_service(proxy).add_dependency(&bootstrap);
 

@@ -20,6 +20,8 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<IpNet>,
     pub edge_limits: crate::edge::Limits,
     pub server_ip: Option<crate::edge::IpRules>,
+    /// The TLS listener's certificates (`server.tls`), loaded from their files.
+    pub tls: Option<Arc<crate::tls::CertSet>>,
     pub config: Config,
 }
 
@@ -217,6 +219,19 @@ pub fn build(
         "server.security_headers",
         &mut p,
     ));
+    // certificates are read from disk on every build: a reload picks up renewed files
+    let tls = match &cfg.server.tls {
+        Some(t) => match crate::tls::load(t) {
+            Ok(set) => Some(Arc::new(set)),
+            Err(errs) => {
+                for (k, m) in errs {
+                    p.push(format!("server.tls.{k}"), m);
+                }
+                None
+            }
+        },
+        None => None,
+    };
 
     // upstreams
     let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
@@ -234,7 +249,7 @@ pub fn build(
             continue;
         }
         if let Some(old) = prev.and_then(|s| s.upstreams.get(name)) {
-            if old.config == *ucfg {
+            if old.config == *ucfg && !old.ca_file_changed() {
                 upstreams.insert(name.clone(), old.clone());
                 continue;
             }
@@ -539,6 +554,9 @@ pub fn build(
     if !p.is_empty() {
         return Err(p.errors);
     }
+    if let Some(prev) = prev {
+        restart_warnings(&prev.config, cfg);
+    }
     if prev.is_some() && crate::cache::needs_restart(&cfg.cache) {
         log::warn!(
             "cache.max_size, cache.max_object_size and the cache lock's age limit are read at \
@@ -555,6 +573,34 @@ pub fn build(
         trusted_proxies,
         edge_limits,
         server_ip,
+        tls,
         config: cfg.clone(),
     })
+}
+
+/// Listeners are bound once: say so when a reload changes them.
+fn restart_warnings(old: &Config, new: &Config) {
+    let (o, n) = (&old.server, &new.server);
+    if o.listen != n.listen {
+        log::warn!(
+            "server.listen changed: listeners are bound at start-up; restart or upgrade to apply"
+        );
+    }
+    if o.h2c != n.h2c {
+        log::warn!("server.h2c changed: it applies after a restart or upgrade");
+    }
+    match (&o.tls, &n.tls) {
+        (None, Some(_)) => {
+            log::warn!("server.tls added: the TLS listener starts with the next restart or upgrade")
+        }
+        (Some(_), None) => log::warn!(
+            "server.tls removed: the TLS listener keeps serving its last certificates until \
+             the next restart or upgrade"
+        ),
+        (Some(a), Some(b)) if a.listen != b.listen => log::warn!(
+            "server.tls.listen changed: it applies after a restart or upgrade (certificates \
+             are already reloaded)"
+        ),
+        _ => {}
+    }
 }

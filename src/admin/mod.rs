@@ -118,12 +118,26 @@ impl AdminApp {
             })
             .collect();
         let routes: Vec<Value> = snap.routes.iter().map(|r| json!(r.name.as_ref())).collect();
+        // what the TLS listener serves now (the last good set, even after a failed reload)
+        let tls = self.runtime.certs.current().map(|set| {
+            let certs: Vec<Value> = set
+                .certs
+                .iter()
+                .map(|c| json!({ "names": c.names, "not_after": c.not_after }))
+                .collect();
+            let min = match set.min_version {
+                crate::config::TlsVersion::Tls12 => "1.2",
+                crate::config::TlsVersion::Tls13 => "1.3",
+            };
+            json!({ "min_version": min, "certificates": certs })
+        });
         json!({
             "generation": snap.generation,
             "uptime_seconds": self.runtime.started.elapsed().as_secs(),
             "routes": routes,
             "upstreams": upstreams,
             "cache": crate::cache::STATS.to_json(),
+            "tls": tls,
         })
     }
 

@@ -368,6 +368,13 @@ pub struct ServerConfig {
     /// Security response headers for routes that do not set their own.
     #[serde(default)]
     pub security_headers: SecurityHeadersConfig,
+    /// TLS termination (rustls) on its own listener.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Accept HTTP/2 with prior knowledge (h2c) on the plain listeners, beside HTTP/1.
+    /// Read at start-up.
+    #[serde(default = "default_true")]
+    pub h2c: bool,
 }
 
 /// `allow` (if not empty) must contain the client; `deny` must not. CIDR blocks or IPs.
@@ -483,6 +490,64 @@ impl Default for ServerConfig {
             admin: None,
             trusted_proxies: Vec::new(),
             limits: LimitsConfig::default(),
+            tls: None,
+            h2c: true,
+        }
+    }
+}
+
+/// `server.tls`: the TLS listener and its certificates. The listener address is read at
+/// start-up; certificates and `min_version` are re-read on every reload.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub listen: String,
+    /// Certificates chosen by SNI from their names (SAN, else CN); the first one is served
+    /// when the client's SNI matches none (or it sends none).
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+    /// Short form for a single certificate: `cert` + `key` instead of `certificates`.
+    #[serde(default)]
+    pub cert: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM: the certificate followed by its intermediates.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: String,
+}
+
+/// Lowest TLS version accepted from clients (TLS 1.0 and 1.1 are never offered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    #[default]
+    Tls12,
+    Tls13,
+}
+
+impl<'de> Deserialize<'de> for TlsVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // `min_version: 1.2` unquoted is a YAML float
+        let v = serde_yaml::Value::deserialize(d)?;
+        let s = match &v {
+            serde_yaml::Value::String(s) => s.clone(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            _ => String::new(),
+        };
+        match s.trim_start_matches("TLSv").trim_start_matches("tls") {
+            "1.2" => Ok(TlsVersion::Tls12),
+            "1.3" => Ok(TlsVersion::Tls13),
+            _ => Err(D::Error::custom(
+                "min_version is \"1.2\" or \"1.3\" (older versions are not supported)",
+            )),
         }
     }
 }
@@ -599,6 +664,32 @@ pub struct UpstreamConfig {
     pub circuit_breaker: CircuitBreakerConfig,
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Connect to the backends over TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// SNI and the name the backend certificate must carry (default: the backend's host
+    /// name, or its IP address). Only with `tls: true`.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Verify the backend certificate (chain and name). Only with `tls: true`.
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// PEM file of the CA certificates trusted for the backends (default: the system's).
+    /// Only with `tls: true`.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// `h1` (default) or `h2`: HTTP/2 over TLS (ALPN `h2`) or, without TLS, with prior
+    /// knowledge (h2c). Needed for gRPC backends.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    H1,
+    H2,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -861,6 +952,10 @@ pub struct TimeoutsConfig {
     /// How long an idle pooled upstream connection is kept.
     #[serde(default = "default_idle_timeout")]
     pub idle: Dur,
+    /// An upgraded connection (WebSocket) is closed when no byte arrives from one side for
+    /// this long. Replaces `read` and `total` for upgrade requests.
+    #[serde(default = "default_websocket_idle")]
+    pub websocket_idle: Dur,
 }
 
 impl Default for TimeoutsConfig {
@@ -870,8 +965,13 @@ impl Default for TimeoutsConfig {
             read: default_read_timeout(),
             total: default_total_timeout(),
             idle: default_idle_timeout(),
+            websocket_idle: default_websocket_idle(),
         }
     }
+}
+
+fn default_websocket_idle() -> Dur {
+    Dur::secs(3600)
 }
 
 fn default_connect_timeout() -> Dur {

@@ -553,9 +553,17 @@ impl ProxyHttp for Gateway {
         ctx.tried.push(selected.state.addr);
         ctx.attempt_recorded = false;
         ctx.upstream_start = Some(Instant::now());
-        let peer = selected
-            .state
-            .peer(remaining.min(upstream.config.timeouts.read.get()));
+        let peer = if session.is_upgrade_req() {
+            // a WebSocket lives as long as it is not idle: `websocket_idle` bounds the
+            // silence on both sides instead of the read and total timeouts
+            let idle = upstream.config.timeouts.websocket_idle.get();
+            session.set_read_timeout(Some(idle));
+            selected.state.upgrade_peer(idle)
+        } else {
+            selected
+                .state
+                .peer(remaining.min(upstream.config.timeouts.read.get()))
+        };
         ctx.backend = Some(InFlight::new(selected.state));
         Ok(Box::new(peer))
     }

@@ -111,6 +111,17 @@ impl Membership {
             .collect()
     }
 
+    /// The configured host name `addr` was resolved from, if any (for TLS SNI).
+    pub fn host_of(&self, addr: &SocketAddr) -> Option<String> {
+        self.lock()
+            .configured
+            .iter()
+            .find_map(|(spec, _, resolved)| match spec {
+                AddrSpec::Name { host, .. } if resolved.contains(addr) => Some(host.clone()),
+                _ => None,
+            })
+    }
+
     /// Store what a name resolved to. Returns whether anything changed.
     pub fn set_resolved(&self, index: usize, mut addrs: Vec<SocketAddr>) -> bool {
         addrs.sort();

@@ -7,13 +7,14 @@ pub mod retry;
 pub mod window;
 
 use crate::clock::now_ms;
-use crate::config::{HealthCheckKind, LbKind, UpstreamConfig};
+use crate::config::{HealthCheckKind, LbKind, TimeoutsConfig, UpstreamConfig, UpstreamProtocol};
 use ahash::AHashMap;
 use arc_swap::ArcSwap;
 use breaker::{Admit, Breaker, BreakerPolicy, Ejections};
 use discovery::{AddrSpec, Membership, MembershipDiscovery};
 use http::HeaderName;
 use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
+use pingora_core::protocols::tls::CaType;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
@@ -69,6 +70,22 @@ impl HashKey {
     }
 }
 
+/// How the gateway connects to an upstream's backends: protocol, TLS and timeouts.
+#[derive(Clone)]
+pub struct PeerProfile {
+    pub timeouts: TimeoutsConfig,
+    pub tls: bool,
+    /// SNI and verified name; `None`: the backend's host name or IP.
+    pub sni: Option<String>,
+    pub verify: bool,
+    /// CAs from `ca_file`, and a digest of the file (part of the connection-pool key).
+    pub ca: Option<(Arc<CaType>, u64)>,
+    pub protocol: UpstreamProtocol,
+}
+
+/// Concurrent streams per HTTP/2 upstream connection before another is opened.
+const H2_STREAMS_PER_CONNECTION: usize = 100;
+
 /// Live state of one backend address.
 pub struct BackendState {
     pub addr: SocketAddr,
@@ -84,16 +101,41 @@ impl BackendState {
     fn new(
         name: &str,
         addr: SocketAddr,
-        up: &UpstreamConfig,
+        host: Option<String>,
+        profile: &PeerProfile,
         policy: &BreakerPolicy,
     ) -> BackendState {
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        let t = &up.timeouts;
+        let sni = if profile.tls {
+            profile
+                .sni
+                .clone()
+                .or(host)
+                .unwrap_or_else(|| addr.ip().to_string())
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(addr, profile.tls, sni);
+        let t = &profile.timeouts;
         peer.options.connection_timeout = Some(t.connect.get());
         peer.options.total_connection_timeout = Some(t.connect.get());
         peer.options.read_timeout = Some(t.read.get());
         peer.options.write_timeout = Some(t.read.get());
         peer.options.idle_timeout = Some(t.idle.get());
+        if profile.tls {
+            peer.options.verify_cert = profile.verify;
+            peer.options.verify_hostname = profile.verify;
+            if let Some((ca, digest)) = &profile.ca {
+                peer.options.ca = Some(ca.clone());
+                // the pool key does not cover the CA: connections verified against other
+                // CAs (before a reload) must not be reused
+                peer.group_key = *digest;
+            }
+        }
+        if profile.protocol == UpstreamProtocol::H2 {
+            // over TLS: ALPN h2 only; in clear text: HTTP/2 with prior knowledge (h2c)
+            peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+        }
         BackendState {
             addr,
             label: format!("{name}/{addr}"),
@@ -111,6 +153,17 @@ impl BackendState {
             p.options.read_timeout = Some(read_timeout);
             p.options.write_timeout = Some(read_timeout);
         }
+        p
+    }
+
+    /// A peer for an upgrade request (WebSocket): HTTP/1.1 whatever the upstream's protocol
+    /// (Pingora upgrades only HTTP/1 connections), and `idle` as the read timeout, which
+    /// then bounds the silence of the upgraded connection.
+    pub fn upgrade_peer(&self, idle: Duration) -> HttpPeer {
+        let mut p = self.peer.clone();
+        p.options.set_http_version(1, 1);
+        p.options.max_h2_streams = 1;
+        p.options.read_timeout = Some(idle);
         p
     }
 }
@@ -201,6 +254,7 @@ pub struct Upstream {
     pub breaker_policy: BreakerPolicy,
     pub ejections: Ejections,
     pub retry: RetryPolicy,
+    pub profile: PeerProfile,
     selector: Selector,
     pub membership: Arc<Membership>,
     states: ArcSwap<AHashMap<SocketAddr, Arc<BackendState>>>,
@@ -366,11 +420,17 @@ impl Upstream {
             ));
         }
         let t = &cfg.timeouts;
-        for (k, v) in [("connect", t.connect), ("read", t.read), ("total", t.total)] {
+        for (k, v) in [
+            ("connect", t.connect),
+            ("read", t.read),
+            ("total", t.total),
+            ("websocket_idle", t.websocket_idle),
+        ] {
             if v.get().is_zero() {
                 errors.push((format!("timeouts.{k}"), "must be above 0".into()));
             }
         }
+        let profile = peer_profile(name, cfg, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -394,7 +454,7 @@ impl Upstream {
         let new_backends = || {
             let mut b = Backends::new(Box::new(MembershipDiscovery(membership.clone())));
             if let Some(hc) = &cfg.health_check {
-                b.set_health_check(health_check(hc));
+                b.set_health_check(health_check(hc, cfg, &profile));
             }
             b
         };
@@ -427,6 +487,7 @@ impl Upstream {
             breaker_policy,
             ejections: Ejections::new(cb.max_ejection_percent),
             retry: RetryPolicy::new(&cfg.retry),
+            profile,
             selector,
             membership,
             states: ArcSwap::from_pointee(AHashMap::new()),
@@ -440,6 +501,16 @@ impl Upstream {
         // Static discovery never blocks: apply the initial membership synchronously.
         futures_now(up.apply_membership());
         Ok(up)
+    }
+
+    /// The upstream's `ca_file` no longer holds what was loaded (a reload rebuilds it).
+    pub fn ca_file_changed(&self) -> bool {
+        match (&self.config.ca_file, &self.profile.ca) {
+            (Some(path), Some((_, digest))) if self.config.tls => {
+                crate::tls::load_ca_file(path).map_or(true, |(_, d)| d != *digest)
+            }
+            _ => false,
+        }
     }
 
     /// Rebuild the per-address state map for the current membership, keeping old entries.
@@ -460,7 +531,8 @@ impl Upstream {
                     Arc::new(BackendState::new(
                         &self.name,
                         a,
-                        &self.config,
+                        self.membership.host_of(&a),
+                        &self.profile,
                         &self.breaker_policy,
                     ))
                 });
@@ -589,7 +661,8 @@ impl Upstream {
                 None => Arc::new(BackendState::new(
                     &self.name,
                     addr,
-                    &self.config,
+                    self.membership.host_of(&addr),
+                    &self.profile,
                     &self.breaker_policy,
                 )),
             };
@@ -768,12 +841,84 @@ fn inet(b: &Backend) -> Option<SocketAddr> {
     }
 }
 
+/// Compile (and check) how backends are connected to.
+fn peer_profile(name: &str, cfg: &UpstreamConfig, errors: &mut UpstreamErrors) -> PeerProfile {
+    if cfg.tls {
+        if cfg.sni.as_deref().is_some_and(|s| {
+            s.is_empty() || rustls::pki_types::ServerName::try_from(s.to_string()).is_err()
+        }) {
+            errors.push(("sni".into(), "must be a host name or an IP address".into()));
+        }
+        if !cfg.verify {
+            log::warn!("upstream `{name}`: `verify: false`, backend certificates are not checked");
+        }
+    } else {
+        for (key, set) in [
+            ("sni", cfg.sni.is_some()),
+            ("verify", !cfg.verify),
+            ("ca_file", cfg.ca_file.is_some()),
+        ] {
+            if set {
+                errors.push((key.into(), "only applies with `tls: true`".into()));
+            }
+        }
+    }
+    let ca = match &cfg.ca_file {
+        Some(path) if cfg.tls => match crate::tls::load_ca_file(path) {
+            Ok(ca) => Some(ca),
+            Err(e) => {
+                errors.push(("ca_file".into(), e));
+                None
+            }
+        },
+        _ => None,
+    };
+    PeerProfile {
+        timeouts: cfg.timeouts.clone(),
+        tls: cfg.tls,
+        sni: cfg.sni.clone(),
+        verify: cfg.verify,
+        ca,
+        protocol: cfg.protocol,
+    }
+}
+
+/// SNI of TLS health checks: `sni`, else the check's `host`, else the first backend's host.
+fn health_check_sni(hc: &crate::config::HealthCheckConfig, cfg: &UpstreamConfig) -> String {
+    if let Some(s) = cfg.sni.clone().or_else(|| hc.host.clone()) {
+        return s;
+    }
+    let first = cfg
+        .backends
+        .first()
+        .map(|b| b.addr.as_str())
+        .or(cfg.discovery.as_ref().map(|d| d.dns.as_str()));
+    match first.map(AddrSpec::parse) {
+        Some(Ok(AddrSpec::Ip(a))) => a.ip().to_string(),
+        Some(Ok(AddrSpec::Name { host, .. })) => host,
+        _ => "localhost".to_string(),
+    }
+}
+
 fn health_check(
     hc: &crate::config::HealthCheckConfig,
+    cfg: &UpstreamConfig,
+    profile: &PeerProfile,
 ) -> Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync> {
+    let tls_options = |o: &mut pingora_core::upstreams::peer::PeerOptions| {
+        o.verify_cert = profile.verify;
+        o.verify_hostname = profile.verify;
+        o.ca = profile.ca.as_ref().map(|(ca, _)| ca.clone());
+    };
     match hc.kind {
         HealthCheckKind::Tcp => {
-            let mut c = TcpHealthCheck::new();
+            let mut c = if profile.tls {
+                let mut c = TcpHealthCheck::new_tls(&health_check_sni(hc, cfg));
+                tls_options(&mut c.peer_template.options);
+                c
+            } else {
+                TcpHealthCheck::new()
+            };
             c.consecutive_success = hc.healthy_threshold as usize;
             c.consecutive_failure = hc.unhealthy_threshold as usize;
             c.peer_template.options.connection_timeout = Some(hc.timeout.get());
@@ -781,7 +926,14 @@ fn health_check(
         }
         HealthCheckKind::Http => {
             let host = hc.host.clone().unwrap_or_else(|| "localhost".to_string());
-            let mut c = HttpHealthCheck::new(&host, false);
+            let mut c = HttpHealthCheck::new(&host, profile.tls);
+            if profile.tls {
+                c.peer_template.sni = health_check_sni(hc, cfg);
+                tls_options(&mut c.peer_template.options);
+            }
+            if profile.protocol == UpstreamProtocol::H2 {
+                c.peer_template.options.set_http_version(2, 2);
+            }
             c.consecutive_success = hc.healthy_threshold as usize;
             c.consecutive_failure = hc.unhealthy_threshold as usize;
             c.peer_template.options.connection_timeout = Some(hc.timeout.get());
