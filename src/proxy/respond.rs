@@ -1,9 +1,11 @@
 //! The one writer of gateway-made responses: every error is JSON of one shape,
 //! `{"error": code, "message": text, "request_id": id}`, and carries `X-Request-Id`.
 
+use super::ctx::Ctx;
 use bytes::Bytes;
-use pingora_error::Result;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
+use pingora_proxy::FailToProxy;
 use pingora_proxy::Session;
 
 /// A response the gateway answers itself instead of proxying.
@@ -65,4 +67,70 @@ pub async fn send(
             .await?;
     }
     Ok(())
+}
+
+/// Status and error code for a proxying failure.
+pub fn classify(e: &Error) -> (u16, &'static str, &'static str) {
+    if matches!(e.esource(), ErrorSource::Downstream)
+        && matches!(e.etype(), ErrorType::ReadTimedout)
+    {
+        return (
+            408,
+            "request_timeout",
+            "the request body was not received in time",
+        );
+    }
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => (*code, "error", "the request failed"),
+        ErrorType::ConnectTimedout
+        | ErrorType::ReadTimedout
+        | ErrorType::WriteTimedout
+        | ErrorType::TLSHandshakeTimedout => (
+            504,
+            "gateway_timeout",
+            "the upstream did not answer in time",
+        ),
+        _ => match e.esource() {
+            ErrorSource::Upstream => (
+                502,
+                "bad_gateway",
+                "the upstream could not be reached or failed",
+            ),
+            ErrorSource::Downstream => (400, "bad_request", "the request could not be read"),
+            _ => (
+                500,
+                "internal_error",
+                "the gateway failed to handle the request",
+            ),
+        },
+    }
+}
+
+/// `fail_to_proxy`: the JSON error for whatever went wrong, unless the client is gone or
+/// a response already started.
+pub async fn fail(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    let reject = ctx.reject.take().unwrap_or_else(|| {
+        let (status, code, message) = classify(e);
+        Reject::new(status, code, message)
+    });
+    let status = reject.status;
+    let downstream_dead = matches!(e.esource(), ErrorSource::Downstream)
+        && matches!(
+            e.etype(),
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+        );
+    let mut written = 0;
+    if !downstream_dead && session.response_written().is_none() {
+        if let Err(err) = send(session, &ctx.request_id, &reject, true).await {
+            log::debug!("could not send error response: {err}");
+        } else {
+            written = status;
+            ctx.final_status = Some(status);
+        }
+    }
+    ctx.reject = Some(reject);
+    FailToProxy {
+        error_code: written,
+        can_reuse_downstream: false,
+    }
 }

@@ -1,0 +1,239 @@
+//! The upstream side: choosing a backend and its peer, the request sent to it, and what
+//! its response header means for breakers and retries.
+
+use super::attempt;
+use super::ctx::Ctx;
+use super::forwarded;
+use super::request::identity_headers;
+use super::respond::Reject;
+use crate::upstream::retry::Failure;
+use crate::upstream::{HashKey, InFlight, NoBackend};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use std::time::Instant;
+
+/// `upstream_peer`: pick the upstream (once) and a backend (per attempt).
+pub async fn choose(session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    let upstream = match &ctx.upstream {
+        Some(u) => u.clone(),
+        None => {
+            let Some(route) = ctx.route() else {
+                return Error::e_explain(ErrorType::InternalError, "no route in upstream_peer");
+            };
+            let u = route.target.pick(rand::random::<u32>()).clone();
+            ctx.deadline = Some(ctx.start + u.config.timeouts.total.get());
+            u.retry.on_request(crate::clock::now_ms());
+            ctx.upstream = Some(u.clone());
+            u
+        }
+    };
+    if let Some(delay) = ctx.backoff.take() {
+        let left = ctx
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(delay);
+        tokio::time::sleep(delay.min(left)).await;
+    }
+    let remaining = ctx
+        .deadline
+        .map(|d| d.saturating_duration_since(Instant::now()))
+        .unwrap_or(upstream.config.timeouts.read.get());
+    if remaining.is_zero() {
+        ctx.reject = Some(Reject::new(
+            504,
+            "gateway_timeout",
+            "the upstream did not answer in time",
+        ));
+        return Error::e_explain(ErrorType::HTTPStatus(504), "total timeout");
+    }
+    let key = match upstream.hash_key {
+        HashKey::ClientIp
+            if !matches!(upstream.config.lb, crate::config::LbKind::ConsistentHash) =>
+        {
+            Vec::new()
+        }
+        ref k => hash_key(session, ctx, k),
+    };
+    // a retry prefers another backend; the same one is acceptable when it is the only one
+    let selected = match upstream.select(&key, &ctx.tried, ctx.retries > 0) {
+        Ok(s) => s,
+        Err(why) => {
+            let reject = match why {
+                NoBackend::CircuitOpen(ms) => Reject::new(
+                    503,
+                    "circuit_open",
+                    format!(
+                        "upstream `{}` is failing; its circuit breaker is open",
+                        upstream.name
+                    ),
+                )
+                .header("retry-after", ms.div_ceil(1000).max(1).to_string()),
+                NoBackend::NoneHealthy => Reject::new(
+                    503,
+                    "no_healthy_backend",
+                    format!("upstream `{}` has no healthy backend", upstream.name),
+                )
+                .header("retry-after", "1"),
+                NoBackend::Exhausted => match ctx.last_failure {
+                    Some(Failure::Timeout) => Reject::new(
+                        504,
+                        "gateway_timeout",
+                        "the upstream did not answer in time",
+                    ),
+                    _ => Reject::new(
+                        502,
+                        "bad_gateway",
+                        format!(
+                            "no backend of upstream `{}` could be reached",
+                            upstream.name
+                        ),
+                    ),
+                },
+            };
+            let status = reject.status;
+            ctx.reject = Some(reject);
+            return Error::e_explain(ErrorType::HTTPStatus(status), "no backend available");
+        }
+    };
+    ctx.tried.push(selected.state.addr);
+    ctx.attempt_recorded = false;
+    ctx.upstream_start = Some(Instant::now());
+    let peer = if session.is_upgrade_req() {
+        // a WebSocket lives as long as it is not idle: `websocket_idle` bounds the
+        // silence on both sides instead of the read and total timeouts
+        let idle = upstream.config.timeouts.websocket_idle.get();
+        session.set_read_timeout(Some(idle));
+        selected.state.upgrade_peer(idle)
+    } else {
+        selected
+            .state
+            .peer(remaining.min(upstream.config.timeouts.read.get()))
+    };
+    ctx.backend = Some(InFlight::new(selected.state));
+    Ok(Box::new(peer))
+}
+
+/// `upstream_request_filter`: forwarding headers, identity, rewrites, header operations.
+pub fn prepare_request(upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    forwarded::apply(
+        upstream_request,
+        ctx.peer_ip,
+        ctx.client_ip,
+        ctx.peer_trusted,
+        ctx.tls,
+    )?;
+    upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+    upstream_request.insert_header("traceparent", ctx.traceparent.as_str())?;
+    identity_headers(upstream_request, ctx)?;
+    if ctx.strip_key_param {
+        let name = ctx
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.auth.api_keys.as_ref())
+            .and_then(|k| k.query_param.clone());
+        if let Some(name) = name {
+            let current = ctx
+                .forward_uri
+                .clone()
+                .unwrap_or_else(|| upstream_request.uri.to_string());
+            let (path, query) = current.split_once('?').unwrap_or((current.as_str(), ""));
+            let q = crate::auth::query_without(query, &name);
+            ctx.forward_uri = Some(if q.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{q}")
+            });
+        }
+    }
+    if let Some(uri) = &ctx.forward_uri {
+        match uri.parse::<http::Uri>() {
+            Ok(u) => upstream_request.set_uri(u),
+            Err(_) => {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(400),
+                    "rewritten path is not a valid URI",
+                )
+            }
+        }
+    }
+    if let Some(route) = ctx.route() {
+        if !route.preserve_host {
+            if let Some(b) = &ctx.backend {
+                upstream_request.insert_header("host", b.0.addr.to_string())?;
+            }
+        }
+        let ops = &route.request_headers;
+        if !ops.is_empty() {
+            for n in &ops.remove {
+                upstream_request.remove_header(n);
+            }
+            for (n, v) in &ops.set {
+                upstream_request.insert_header(n.clone(), v.clone())?;
+            }
+            for (n, v) in &ops.add {
+                upstream_request.append_header(n.clone(), v.clone())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `upstream_response_filter`: record the attempt's outcome; a retryable status becomes a
+/// retryable error before anything reaches the client.
+pub fn on_response(session: &mut Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    let status = resp.status.as_u16();
+    let Some(upstream) = ctx.upstream.clone() else {
+        return Ok(());
+    };
+    if let Some(t) = ctx.upstream_start {
+        let d = t.elapsed();
+        ctx.upstream_us = Some(d.as_micros() as u64);
+        upstream.metrics.duration.observe(d.as_secs_f64());
+    }
+    if upstream.is_failure_status(status) {
+        attempt::record_failure(ctx);
+    } else {
+        attempt::record_success(ctx);
+    }
+    if upstream.retry.retries_status(status)
+        && attempt::should_retry(session, ctx, Failure::Status(status), true, false)
+    {
+        ctx.retry_status = Some(status);
+        let mut e = Error::new_up(ErrorType::HTTPStatus(status));
+        e.set_retry(true);
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn hash_key(session: &Session, ctx: &Ctx, key: &HashKey) -> Vec<u8> {
+    let req = session.req_header();
+    match key {
+        HashKey::ClientIp => match ctx.client_ip {
+            Some(std::net::IpAddr::V4(a)) => a.octets().to_vec(),
+            Some(std::net::IpAddr::V6(a)) => a.octets().to_vec(),
+            None => Vec::new(),
+        },
+        HashKey::Path => req.uri.path().as_bytes().to_vec(),
+        HashKey::Header(h) => req
+            .headers
+            .get(h)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+        HashKey::Cookie(name) => {
+            for v in req.headers.get_all(http::header::COOKIE) {
+                let Ok(s) = v.to_str() else { continue };
+                for pair in s.split(';') {
+                    if let Some((k, val)) = pair.trim().split_once('=') {
+                        if k == name {
+                            return val.as_bytes().to_vec();
+                        }
+                    }
+                }
+            }
+            Vec::new()
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The request side: request id, trace context, client address, limits and routing
+//! (`early_request_filter`), then edge rules, auth and rate limits (`request_filter`).
+
+use super::ctx::Ctx;
+use super::respond::{self, Reject};
+use super::{edge, forwarded};
+use crate::observe::request_id;
+use crate::routing::{self, path, Lookup};
+use crate::runtime::Runtime;
+use pingora_error::Result;
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+use std::time::Instant;
+
+/// `early_request_filter`: everything decided from the request head alone.
+pub async fn begin(runtime: &Runtime, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    ctx.start = Instant::now();
+    crate::observe::metrics::METRICS.in_flight.inc();
+    ctx.in_flight = true;
+    let (trace_id, traceparent) = crate::observe::trace::next(
+        session
+            .req_header()
+            .headers
+            .get("traceparent")
+            .map(|v| v.as_bytes()),
+    );
+    ctx.trace_id = trace_id;
+    ctx.traceparent = traceparent;
+    let incoming = session.req_header().headers.get("x-request-id");
+    ctx.request_id = match incoming {
+        Some(v) if request_id::is_valid(v.as_bytes()) => v.to_str().unwrap_or_default().to_string(),
+        _ => request_id::generate(),
+    };
+    let snap = runtime.snapshot();
+    ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    if let Some(peer) = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+    {
+        let (client, trusted) = forwarded::client_ip(&snap, peer, session.req_header());
+        ctx.peer_ip = Some(peer);
+        ctx.client_ip = Some(client);
+        ctx.peer_trusted = trusted;
+    }
+    if let Some(reject) = snap.edge_limits.check_head(session.req_header()) {
+        ctx.reject = Some(reject);
+        ctx.snapshot = Some(snap);
+        return Ok(());
+    }
+    ctx.snapshot = Some(snap);
+    route_request(session, ctx);
+    edge::enable_compression(session, ctx);
+    Ok(())
+}
+
+/// `request_filter`: edge rules, auth, rate limits. `Ok(true)` when the response is sent.
+pub async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    if ctx.reject.is_none() {
+        if let Some(preflight) = edge::before_auth(session, ctx) {
+            edge::answer_preflight(session, ctx, preflight).await?;
+            ctx.final_status = Some(204);
+            return Ok(true);
+        }
+    }
+    if ctx.reject.is_none() {
+        authenticate(session, ctx).await;
+    }
+    // a background cache refresh (stale-while-revalidate) is the gateway's own request:
+    // it does not spend the client's rate limit
+    if ctx.reject.is_none() && session.subrequest_ctx.is_none() {
+        rate_limit(session, ctx);
+    }
+    if let Some(reject) = ctx.reject.take() {
+        let close = reject.status == 400;
+        respond::send(session, &ctx.request_id, &reject, close).await?;
+        ctx.final_status = Some(reject.status);
+        ctx.reject = Some(reject);
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Route the request: normalise the path, match host + path + method, compute the
+/// forwarded URI. Any problem becomes `ctx.reject`.
+fn route_request(session: &Session, ctx: &mut Ctx) {
+    let Some(snap) = ctx.snapshot.clone() else {
+        return;
+    };
+    let req = session.req_header();
+    let raw_path = req.uri.path();
+    let normalized = match path::normalize(raw_path) {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.reject = Some(Reject::new(400, "bad_request", e.message()));
+            return;
+        }
+    };
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let host = routing::host_only(host);
+    let segs = routing::segments(&normalized);
+    // a CORS preflight is routed as the request it announces
+    let preflight_method = crate::edge::is_preflight(req)
+        .then(|| req.headers.get(http::header::ACCESS_CONTROL_REQUEST_METHOD))
+        .flatten()
+        .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
+    let method = preflight_method.as_ref().unwrap_or(&req.method);
+    match snap.router.lookup(&host, &segs, method, &req.headers) {
+        Lookup::Found(i) => {
+            ctx.route = Some(i);
+            let route = &snap.routes[i];
+            let new_path: Option<String> = if let Some(rw) = &route.rewrite {
+                Some(rw.apply(&segs))
+            } else if let Some(prefix) = &route.strip_prefix {
+                routing::pattern::strip_prefix(&normalized, prefix).map(str::to_string)
+            } else if let std::borrow::Cow::Owned(p) = &normalized {
+                Some(p.clone())
+            } else {
+                None
+            };
+            if let Some(p) = new_path {
+                let mut uri = p;
+                if let Some(q) = req.uri.query() {
+                    uri.push('?');
+                    uri.push_str(q);
+                }
+                ctx.forward_uri = Some(uri);
+            }
+        }
+        Lookup::MethodNotAllowed(m) => {
+            ctx.reject = Some(
+                Reject::new(
+                    405,
+                    "method_not_allowed",
+                    format!("{} is not allowed here", req.method),
+                )
+                .header("allow", m.allow_header()),
+            );
+        }
+        Lookup::NotFound => {
+            ctx.reject = Some(Reject::new(
+                404,
+                "not_found",
+                "no route matches this request",
+            ));
+        }
+    }
+}
+
+/// Apply the route's rate-limit policies; a rejection becomes `ctx.reject` (429).
+fn rate_limit(session: &Session, ctx: &mut Ctx) {
+    let Some(snap) = ctx.snapshot.clone() else {
+        return;
+    };
+    let Some(route) = ctx.route() else { return };
+    if route.rate_limit.is_empty() {
+        return;
+    }
+    let input = crate::ratelimit::KeyInput {
+        identity: ctx.identity.as_deref(),
+        client_ip: ctx.client_ip,
+        route: &route.name,
+        headers: &session.req_header().headers,
+    };
+    match snap.limits.check(&route.rate_limit, &input) {
+        Ok(outcome) => ctx.rate_limit = outcome,
+        Err(outcome) => {
+            let mut reject = Reject::new(
+                429,
+                "rate_limited",
+                format!("rate limit `{}` exceeded", outcome.policy),
+            )
+            .header("retry-after", outcome.retry_after.unwrap_or(1).to_string());
+            for (k, v) in crate::ratelimit::headers(&outcome) {
+                reject = reject.header(k, v);
+            }
+            ctx.rate_limit = Some(outcome);
+            ctx.reject = Some(reject);
+        }
+    }
+}
+
+/// Verify the route's credentials; a failure becomes `ctx.reject`.
+async fn authenticate(session: &Session, ctx: &mut Ctx) {
+    let Some(snap) = ctx.snapshot.clone() else {
+        return;
+    };
+    let Some(policy) = ctx.route().and_then(|r| r.auth.as_ref()) else {
+        return;
+    };
+    match snap.auth.authenticate(policy, session.req_header()).await {
+        Ok((identity, from_query)) => {
+            ctx.identity = Some(identity);
+            ctx.strip_key_param = from_query;
+        }
+        Err(f) => {
+            crate::observe::metrics::auth_failure(f.reason());
+            ctx.reject = Some(auth_reject(&f));
+        }
+    }
+}
+
+fn auth_reject(f: &crate::auth::AuthFailure) -> Reject {
+    use crate::auth::AuthFailure;
+    match f {
+        AuthFailure::Missing => Reject::new(401, "unauthorized", "credentials are required")
+            .header("www-authenticate", "Bearer realm=\"portcullis\""),
+        AuthFailure::Invalid { description, .. } => Reject::new(401, "invalid_token", *description).header(
+            "www-authenticate",
+            format!("Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{description}\""),
+        ),
+        AuthFailure::Forbidden { scope } => {
+            Reject::new(403, "insufficient_scope", format!("this route needs the scope(s): {scope}")).header(
+                "www-authenticate",
+                format!("Bearer realm=\"portcullis\", error=\"insufficient_scope\", scope=\"{scope}\""),
+            )
+        }
+        AuthFailure::Unavailable(msg) => {
+            Reject::new(503, "auth_unavailable", msg.clone()).header("retry-after", "5")
+        }
+    }
+}
+
+/// Remove client-sent identity headers and credentials; add the verified identity.
+pub(super) fn identity_headers(req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    let Some(snap) = ctx.snapshot.as_ref() else {
+        return Ok(());
+    };
+    for h in &snap.auth.identity_headers {
+        req.remove_header(h);
+    }
+    let Some(route) = ctx.route() else {
+        return Ok(());
+    };
+    let Some(policy) = &route.auth else {
+        return Ok(());
+    };
+    if policy.api_key {
+        if let Some(keys) = &snap.auth.api_keys {
+            req.remove_header(&keys.header);
+        }
+    }
+    if policy.strip_authorization {
+        req.remove_header(&http::header::AUTHORIZATION);
+    }
+    if let Some(id) = &ctx.identity {
+        for (k, v) in &id.forward {
+            req.insert_header(k.clone(), v.clone())?;
+        }
+    }
+    Ok(())
+}

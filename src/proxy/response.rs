@@ -1,0 +1,48 @@
+//! `response_filter`: what every response gets on its way to the client.
+
+use super::ctx::Ctx;
+use super::edge;
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+pub fn decorate(session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if crate::runtime::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+        session.set_keepalive(None);
+        resp.insert_header("connection", "close")?;
+    }
+    if let Some(route) = ctx.route() {
+        let ops = &route.response_headers;
+        if !ops.is_empty() {
+            for n in &ops.remove {
+                resp.remove_header(n);
+            }
+            for (n, v) in &ops.set {
+                resp.insert_header(n.clone(), v.clone())?;
+            }
+            for (n, v) in &ops.add {
+                resp.append_header(n.clone(), v.clone())?;
+            }
+        }
+    }
+    if ctx.retries > 0 {
+        resp.insert_header("x-retry-count", ctx.retries.to_string())?;
+    }
+    if let Some(o) = &ctx.rate_limit {
+        for (k, v) in crate::ratelimit::headers(o) {
+            resp.insert_header(k, v)?;
+        }
+    }
+    if ctx.cache.route {
+        let status = crate::cache::status(&session.cache, ctx.cache.bypass);
+        crate::cache::decorate(resp, status, &session.cache)?;
+        // a background refresh's response reaches no client: not counted
+        if session.subrequest_ctx.is_none() {
+            crate::cache::STATS.record(status);
+        }
+        ctx.cache_status = Some(status.as_str());
+    }
+    edge::decorate(session, resp, ctx)?;
+    Ok(())
+}
