@@ -208,5 +208,41 @@ fn bench_reload(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_router, bench_auth, bench_reload);
+fn bench_metrics(c: &mut Criterion) {
+    use portcullis::observe::metrics::RouteMetrics;
+    let m = RouteMetrics::new("bench-route", &["bench"]);
+    let up = m.upstream_index(Some("bench"));
+    let mut g = c.benchmark_group("metrics");
+    // What every proxied request records: counter {route,method,status,upstream} + histogram.
+    g.bench_function("record_request", |b| {
+        b.iter(|| {
+            m.record(
+                black_box(&Method::GET),
+                black_box(200),
+                up,
+                black_box(0.000_42),
+            )
+        })
+    });
+    // A status outside the pre-resolved set takes the label-lookup path.
+    g.bench_function("record_request_rare_status", |b| {
+        b.iter(|| {
+            m.record(
+                black_box(&Method::GET),
+                black_box(418),
+                up,
+                black_box(0.000_42),
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_router,
+    bench_auth,
+    bench_reload,
+    bench_metrics
+);
 criterion_main!(benches);

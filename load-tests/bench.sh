@@ -5,6 +5,7 @@
 #   ./load-tests/bench.sh                      # throughput: nginx vs bare Pingora vs Portcullis
 #   ROUNDS=3 DURATION=5s ./load-tests/bench.sh
 #   MODE=latency ./load-tests/bench.sh         # p99 at a constant rate = 50% of nginx's max
+#   MODE=flat ./load-tests/bench.sh            # 10 vs 10k routes, 1 vs 1M keys, RSS idle/peak
 #
 # Layout (2 cores): the upstream (nginx, 1 worker, `return 200`) and the load generator
 # (wrk, 1 thread, 64 connections) share the load core; every proxy under test runs alone on
@@ -14,9 +15,13 @@
 # in one run mean anything; the absolute numbers depend on the box.
 #
 # Env (defaults in brackets):
-#   MODE [throughput]        throughput | latency
-#   ROUNDS [5; latency: 1]   interleaved rounds
+#   MODE [throughput]        throughput | latency | flat
+#   ROUNDS [5; latency: 1; flat: 3]  interleaved rounds
 #   DURATION [10s; latency: 20s]  length of each measured run (wrk/k6 duration syntax)
+#   JWT_MIX [1]              throughput/latency: every other request goes to the JWT route
+#                            (/bench-jwt/ping, a cached HS256 token) instead of the API-key
+#                            route; every proxy gets the same requests
+#   IDLE_CONNS [10000]       flat mode: idle keep-alive connections held for the RSS reading
 #   WARMUP [3s]              warm-up run per proxy, discarded
 #   CONNECTIONS [64]         wrk connections
 #   PROXIES [nginx bare-pingora portcullis; latency: nginx portcullis]
@@ -51,7 +56,14 @@ case $MODE in
     DURATION=${DURATION:-20s}
     PROXIES=${PROXIES:-"nginx portcullis"}
     ;;
-  *) echo "bench.sh: MODE must be throughput or latency (got '$MODE')" >&2; exit 2 ;;
+  flat)
+    ROUNDS=${ROUNDS:-3}
+    DURATION=${DURATION:-10s}
+    # Portcullis only: the same bench route with 10 vs 10,000 routes configured, and a
+    # rate limit keyed by a header that takes 1 vs 1,000,000 distinct values.
+    PROXIES="routes-10 routes-10k keys-1 keys-1m"
+    ;;
+  *) echo "bench.sh: MODE must be throughput, latency or flat (got '$MODE')" >&2; exit 2 ;;
 esac
 WARMUP=${WARMUP:-3s}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -60,6 +72,9 @@ WORK_STEALING=${WORK_STEALING:-true}
 NGINX_ACCESS_LOG=${NGINX_ACCESS_LOG:-0}
 LOAD_PCT=${LOAD_PCT:-50}
 RATE=${RATE:-}
+JWT_MIX=${JWT_MIX:-1}
+[ "$MODE" = flat ] && JWT_MIX=0
+IDLE_CONNS=${IDLE_CONNS:-10000}
 BUILD=${BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 REQ_PATH=${REQ_PATH:-/bench/ping}
@@ -70,6 +85,9 @@ export PORTCULLIS_DEMO_JWT_SECRET=${PORTCULLIS_DEMO_JWT_SECRET:-bench-jwt-secret
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
 warn() { echo "bench.sh: warning: $*" >&2; }
+
+# Thousands of client connections (flat mode) need descriptors: take the hard limit.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # ---------------------------------------------------------------------------------------
 # Durations and numbers
@@ -91,6 +109,7 @@ done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer"
 [[ $LOAD_PCT =~ ^[1-9][0-9]*$ ]] || die "LOAD_PCT must be a positive integer"
+[[ $IDLE_CONNS =~ ^[1-9][0-9]*$ ]] || die "IDLE_CONNS must be a positive integer"
 [[ -z $RATE || $RATE =~ ^[1-9][0-9]*$ ]] || die "RATE must be a positive integer"
 DUR_S=$(dur_secs "$DURATION")
 WARM_S=$(dur_secs "$WARMUP")
@@ -285,11 +304,11 @@ wait_200() {
 
 mkdir -p "$ROOT/load-tests/results"
 STAMP=$(date +%Y%m%d-%H%M%S)
-if [ "$MODE" = latency ]; then
-  RESULTS=$ROOT/load-tests/results/bench-latency-$STAMP.txt
-else
-  RESULTS=$ROOT/load-tests/results/bench-$STAMP.txt
-fi
+case $MODE in
+  latency) RESULTS=$ROOT/load-tests/results/bench-latency-$STAMP.txt ;;
+  flat) RESULTS=$ROOT/load-tests/results/bench-flat-$STAMP.txt ;;
+  *) RESULTS=$ROOT/load-tests/results/bench-$STAMP.txt ;;
+esac
 : >"$RESULTS"
 say() { printf '%s\n' "$*" | tee -a "$RESULTS"; }
 raw() { printf '%s\n' "$*" >>"$RESULTS"; }
@@ -303,7 +322,11 @@ if [ -x "$RELEASE/portcullis" ]; then
   say "portcullis: $("$RELEASE/portcullis" --version 2>/dev/null || echo '?') (git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo '-dirty'))"
 fi
 say "layout:    upstream nginx + load generator on cpu $LOAD_CPU; proxies on cpu $PROXY_CPU, 1 worker each"
-say "load:      wrk -t1 -c$CONNECTIONS --latency, GET $REQ_PATH with x-api-key; warm-up $WARMUP per proxy; $ROUNDS round(s) x $DURATION"
+if [ "$JWT_MIX" = 1 ]; then
+  say "load:      wrk -t1 -c$CONNECTIONS --latency, GET $REQ_PATH with x-api-key and GET /bench-jwt/ping with a bearer JWT, alternating; warm-up $WARMUP per proxy; $ROUNDS round(s) x $DURATION"
+else
+  say "load:      wrk -t1 -c$CONNECTIONS --latency, GET $REQ_PATH with x-api-key; warm-up $WARMUP per proxy; $ROUNDS round(s) x $DURATION"
+fi
 say "ports:     upstream $UPSTREAM_PORT, nginx $NGINX_PORT, bare-pingora $BARE_PORT, portcullis $PC_PORT (admin $ADMIN_PORT)"
 say "results:   $RESULTS"
 say ""
@@ -311,8 +334,21 @@ say ""
 # ---------------------------------------------------------------------------------------
 # Servers
 
-declare -A URL PID STATUS
+declare -A URL PID STATUS ADMIN WENV
 RUNNING=()
+
+# The JWT of the mixed load: HS256 with the bench secret, valid for a day, no scope needed.
+BENCH_JWT=$(python3 - "$PORTCULLIS_DEMO_JWT_SECRET" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+now = int(time.time())
+body = b64(json.dumps({"iss": "https://demo.portcullis.local/", "aud": "api", "sub": "bench",
+                       "iat": now, "exp": now + 86400}).encode())
+sig = hmac.new(sys.argv[1].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+print(f"{head}.{body}.{b64(sig)}")
+PY
+) || die "python3 is needed to mint the bench JWT"
 
 fill() { # fill TEMPLATE OUT: replace the @...@ placeholders
   local access_log=off
@@ -394,48 +430,82 @@ start_bare_pingora() {
   fi
 }
 
+# add_routes FILE N: append N routes that never match the bench path (a mix of literal,
+# param and wildcard patterns, like a real API surface) to the bench config's route list.
+add_routes() {
+  awk -v n="$2" 'BEGIN {
+    for (i = 0; i < n; i++) {
+      m = i % 4
+      if (m == 0) p = "/api/svc" i "/items/:id"
+      else if (m == 1) p = "/api/svc" i "/items/:id/details"
+      else if (m == 2) p = "/api/svc" i "/static/**"
+      else p = "/api/svc" i "/*/list"
+      printf "  - { name: fill-%d, match: { path: \"%s\" }, upstream: bench }\n", i, p
+    }
+  }' >>"$1"
+}
+
+# start_portcullis [NAME]: one Portcullis instance on the proxy core. NAME is portcullis
+# (the bench config as it is), routes-10 / routes-10k (8 / 9,998 extra routes: 10 / 10,000
+# in all), keys (the rate limit keyed by the x-bench-client header) or idle (as routes-10).
 start_portcullis() {
+  local name=${1:-portcullis} port admin cfg conf out
   if [ ! -x "$RELEASE/portcullis" ]; then
-    fail_proxy portcullis "$RELEASE/portcullis is missing (cargo build --release --bins)"
+    fail_proxy "$name" "$RELEASE/portcullis is missing (cargo build --release --bins)"
     return 0
   fi
-  local cfg=$TMP/portcullis.yaml conf out
-  sed -e "s|127\.0\.0\.1:18083|127.0.0.1:$PC_PORT|g" \
+  if [ "$name" = portcullis ]; then
+    port=$PC_PORT admin=$ADMIN_PORT
+  else
+    port=$(pick_port $((PC_PORT + 10))); TAKEN+="$port "
+    admin=$(pick_port $((ADMIN_PORT + 10))); TAKEN+="$admin "
+  fi
+  cfg=$TMP/$name.yaml
+  sed -e "s|127\.0\.0\.1:18083|127.0.0.1:$port|g" \
     -e "s|127\.0\.0\.1:18081|127.0.0.1:$UPSTREAM_PORT|g" \
-    -e "s|127\.0\.0\.1:19090|127.0.0.1:$ADMIN_PORT|g" \
-    -e "s|/tmp/portcullis-bench/access\.log|$TMP/access.log|g" \
+    -e "s|127\.0\.0\.1:19090|127.0.0.1:$admin|g" \
+    -e "s|/tmp/portcullis-bench/access\.log|$TMP/$name.access.log|g" \
     "$BENCH_DIR/portcullis.yaml" >"$cfg"
+  case $name in
+    routes-10 | idle) add_routes "$cfg" 8 ;;
+    routes-10k) add_routes "$cfg" 9998 ;;
+    keys) sed -i 's|per_client: { key: client,|per_client: { key: "header:x-bench-client",|' "$cfg" ;;
+  esac
   if ! out=$("$RELEASE/portcullis" -t -c "$cfg" 2>&1); then
-    printf '%s\n' "$out" >"$TMP/portcullis-validate.log"
-    fail_proxy portcullis "config validation (portcullis -t -c load-tests/bench/portcullis.yaml) failed" \
-      "$TMP/portcullis-validate.log"
+    printf '%s\n' "$out" >"$TMP/$name-validate.log"
+    fail_proxy "$name" "config validation (portcullis -t -c $cfg) failed" "$TMP/$name-validate.log"
     return 0
   fi
-  conf=$(pingora_conf portcullis)
-  start_bg "$TMP/portcullis.log" "$PROXY_CPU" \
+  conf=$(pingora_conf "$name")
+  start_bg "$TMP/$name.log" "$PROXY_CPU" \
     "$RELEASE/portcullis" -c "$cfg" --server-conf "$conf"
-  PID[portcullis]=$LAST_PID
-  URL[portcullis]="http://127.0.0.1:$PC_PORT$REQ_PATH"
-  if ! wait_200 "${PID[portcullis]}" "${URL[portcullis]}" 15; then
-    fail_proxy portcullis "did not answer 200 on $PC_PORT ($LAST_CODE)" "$TMP/portcullis.log"
+  PID[$name]=$LAST_PID
+  URL[$name]="http://127.0.0.1:$port$REQ_PATH"
+  ADMIN[$name]=$admin
+  if ! wait_200 "${PID[$name]}" "${URL[$name]}" 30; then
+    fail_proxy "$name" "did not answer 200 on $port ($LAST_CODE)" "$TMP/$name.log"
     return 0
   fi
-  RUNNING+=(portcullis)
-  say "  portcullis: api-key auth + rate limit + access log + metrics on 127.0.0.1:$PC_PORT (cpu $PROXY_CPU, threads: 1)"
-  check_portcullis_chain
+  RUNNING+=("$name")
+  say "  $name: api-key auth + rate limit + access log + metrics on 127.0.0.1:$port (cpu $PROXY_CPU, threads: 1)"
+  check_portcullis_chain "$name"
 }
 
 # Make sure the route really runs the chain it claims to: a warning, not a failure.
 check_portcullis_chain() {
-  local url=${URL[portcullis]} ok=() bad=() code hdrs
+  local name=$1 url=${URL[$1]} ok=() bad=() code hdrs
   code=$(http_code "$url")
   if [ "$code" = 401 ]; then ok+=("no key -> 401"); else bad+=("no key -> $code (want 401)"); fi
-  hdrs=$(curl -s -m 2 -D - -o /dev/null -H "x-api-key: $API_KEY" "$url" 2>/dev/null | tr -d '\r' || true)
+  hdrs=$(curl -s -m 2 -D - -o /dev/null -H "x-api-key: $API_KEY" -H "x-bench-client: check" "$url" 2>/dev/null | tr -d '\r' || true)
   if grep -qi '^x-ratelimit-limit:' <<<"$hdrs"; then ok+=("X-RateLimit-Limit"); else bad+=("no X-RateLimit-Limit"); fi
   if grep -qi '^x-request-id:' <<<"$hdrs"; then ok+=("X-Request-Id"); else bad+=("no X-Request-Id"); fi
-  code=$(http_code "http://127.0.0.1:$ADMIN_PORT/metrics")
+  if [ "$JWT_MIX" = 1 ]; then
+    code=$(http_code "${url%"$REQ_PATH"}/bench-jwt/ping" -H "Authorization: Bearer $BENCH_JWT")
+    if [ "$code" = 200 ]; then ok+=("JWT route 200"); else bad+=("JWT route -> $code"); fi
+  fi
+  code=$(http_code "http://127.0.0.1:${ADMIN[$name]}/metrics")
   if [ "$code" = 200 ]; then ok+=("/metrics 200"); else bad+=("/metrics -> $code"); fi
-  if [ -s "$TMP/access.log" ]; then ok+=("access log written"); else bad+=("access log empty"); fi
+  if [ -s "$TMP/$name.access.log" ]; then ok+=("access log written"); else bad+=("access log empty"); fi
   say "    chain check: ok: ${ok[*]:-none}"
   if [ ${#bad[@]} -gt 0 ]; then
     say "    chain check: NOT OK: ${bad[*]} (the portcullis numbers may not include the full chain)"
@@ -453,7 +523,7 @@ run_wrk() {
   a0=$(cpu_times "$PROXY_CPU"); b0=$(cpu_times "$LOAD_CPU")
   [ -n "${PID[$name]:-}" ] && p0=$(pgrp_ticks "${PID[$name]}")
   t0=$(now_ms)
-  out=$(timeout $((secs + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$dur" --latency \
+  out=$(env ${WENV[$name]:-} timeout $((secs + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$dur" --latency \
     -s "$BENCH_DIR/wrk-report.lua" -H "x-api-key: $API_KEY" "${URL[$name]}" 2>&1) || true
   t1=$(now_ms)
   [ -n "${PID[$name]:-}" ] && p1=$(pgrp_ticks "${PID[$name]}")
@@ -479,14 +549,31 @@ run_wrk() {
 
 say "## servers"
 start_upstream
-for p in $PROXIES; do
-  case $p in
-    nginx) start_nginx_proxy ;;
-    bare-pingora) start_bare_pingora ;;
-    portcullis) start_portcullis ;;
-    *) warn "unknown proxy '$p' in PROXIES (nginx bare-pingora portcullis)" ;;
-  esac
-done
+if [ "$MODE" = flat ]; then
+  start_portcullis routes-10
+  start_portcullis routes-10k
+  start_portcullis keys
+  RUNNING=()
+  for p in routes-10 routes-10k; do [ -n "${URL[$p]:-}" ] && ! [[ ${STATUS[$p]:-} == FAILED* ]] && RUNNING+=("$p"); done
+  if [ -n "${URL[keys]:-}" ] && ! [[ ${STATUS[keys]:-} == FAILED* ]]; then
+    # One instance, two loads: the header takes 1 value or cycles over a million.
+    for p in keys-1 keys-1m; do URL[$p]=${URL[keys]}; PID[$p]=${PID[keys]}; RUNNING+=("$p"); done
+    WENV[keys-1]="BENCH_KEYS=1"
+    WENV[keys-1m]="BENCH_KEYS=1000000"
+  fi
+else
+  for p in $PROXIES; do
+    case $p in
+      nginx) start_nginx_proxy ;;
+      bare-pingora) start_bare_pingora ;;
+      portcullis) start_portcullis ;;
+      *) warn "unknown proxy '$p' in PROXIES (nginx bare-pingora portcullis)" ;;
+    esac
+  done
+  if [ "$JWT_MIX" = 1 ]; then
+    for p in direct $PROXIES; do WENV[$p]="BENCH_JWT=$BENCH_JWT"; done
+  fi
+fi
 say ""
 [ ${#RUNNING[@]} -gt 0 ] || die "no proxy started; nothing to measure"
 
@@ -579,7 +666,7 @@ ensure_rate_tool() {
 run_rate() {
   local name=$1 rate=$2 label=$3 out
   if [ "$RATE_TOOL" = wrk2 ]; then
-    out=$(timeout $((DUR_S + 30)) taskset -c "$LOAD_CPU" wrk2 -t1 -c"$CONNECTIONS" -d"$DURATION" -R"$rate" \
+    out=$(env ${WENV[$name]:-} timeout $((DUR_S + 30)) taskset -c "$LOAD_CPU" wrk2 -t1 -c"$CONNECTIONS" -d"$DURATION" -R"$rate" \
       --latency -s "$BENCH_DIR/wrk-report.lua" -H "x-api-key: $API_KEY" "${URL[$name]}" 2>&1) || true
     L_LINE=$(grep '^BENCH_RESULT' <<<"$out" | tail -n1 | awk -v r="$rate" '{
       for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
@@ -590,6 +677,7 @@ run_rate() {
     out=$(K6_NO_USAGE_REPORT=true timeout $((DUR_S + 60)) taskset -c "$LOAD_CPU" k6 run --quiet \
       --address "" -e URL="${URL[$name]}" -e RATE="$rate" -e DURATION="$DURATION" \
       -e API_KEY="$API_KEY" -e VUS="$CONNECTIONS" -e MAX_VUS=$((CONNECTIONS * 4)) \
+      -e JWT="$([ "$JWT_MIX" = 1 ] && echo "$BENCH_JWT")" -e JWT_URL="${URL[$name]%"$REQ_PATH"}/bench-jwt/ping" \
       "$BENCH_DIR/latency.js" 2>&1) || true
     L_LINE=$(grep -o 'BENCH_LATENCY.*' <<<"$out" | tail -n1 || true)
   fi
@@ -657,6 +745,94 @@ latency() {
   fi
 }
 
-if [ "$MODE" = latency ]; then latency; else throughput; fi
+# ---------------------------------------------------------------------------------------
+# Memory: VmRSS / VmHWM (peak) of a process, in MiB
+
+rss_mib() { awk -v f="$2:" '$1 == f { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo nan; }
+
+report_peak_rss() {
+  local p seen=" "
+  for p in "$@"; do
+    [ -n "${PID[$p]:-}" ] || continue
+    [[ $seen == *" ${PID[$p]} "* ]] && continue
+    seen+="${PID[$p]} "
+    say "  $p: peak RSS (VmHWM) $(rss_mib "${PID[$p]}" VmHWM) MiB, now $(rss_mib "${PID[$p]}" VmRSS) MiB (target: peak < 1024 MiB)"
+  done
+}
+
+# ---------------------------------------------------------------------------------------
+# Flat mode: the cost of many routes and many rate-limit keys, and memory
+
+flat_ratio() { # flat_ratio A B: median RPS of B / median RPS of A
+  awk -v a="$(median ${RPS[$1]})" -v b="$(median ${RPS[$2]})" 'BEGIN { if (a > 0) printf "%.3f", b / a; else print "nan" }'
+}
+
+flat() {
+  local p r ratio verdict rss0 rss1 line pair port
+  say "## runs"
+  for p in "${RUNNING[@]}"; do
+    run_wrk "$p" "$WARMUP" "warm-up"
+    say "  warm-up $p: $(printf '%.0f' "$R_RPS") rps"
+  done
+  declare -gA RPS P99 ERR OWN
+  for r in $(seq 1 "$ROUNDS"); do
+    for p in "${RUNNING[@]}"; do
+      run_wrk "$p" "$DURATION" "round $r/$ROUNDS"
+      RPS[$p]+=" $R_RPS"; P99[$p]+=" $R_P99"; ERR[$p]+=" $R_ERR"; OWN[$p]+=" $R_OWN"
+      say "  round $r/$ROUNDS $(printf '%-11s' "$p") $(printf '%9.0f' "$R_RPS") rps  p99 $(printf '%8s' "$R_P99")ms  errors $R_ERR  proxy ${R_OWN}% of a core"
+    done
+  done
+  say ""
+  say "## summary: median of $ROUNDS round(s), $DURATION each, wrk -t1 -c$CONNECTIONS"
+  say "$(printf '%-11s %10s %9s %7s %8s' load rps p99_ms errors proxy%)"
+  for p in "${RUNNING[@]}"; do
+    say "$(printf '%-11s %10.0f %9.3f %7s %8.0f' "$p" "$(median ${RPS[$p]})" "$(median ${P99[$p]})" \
+      "$(printf '%s\n' ${ERR[$p]} | awk '{ s += $1 } END { print s + 0 }')" "$(median ${OWN[$p]})")"
+  done
+  for pair in "routes-10 routes-10k" "keys-1 keys-1m"; do
+    set -- $pair
+    if [ -n "${RPS[$1]:-}" ] && [ -n "${RPS[$2]:-}" ]; then
+      ratio=$(flat_ratio "$1" "$2")
+      verdict=$(awk -v r="$ratio" 'BEGIN { print (r >= 0.95) ? "meets >= 0.95" : "MISSES >= 0.95" }')
+      say "  $2 / $1: $ratio ($verdict)"
+    fi
+  done
+  say ""
+  say "## memory"
+  report_peak_rss routes-10 routes-10k keys
+  start_portcullis idle
+  if [ -z "${PID[idle]:-}" ] || [[ ${STATUS[idle]:-} == FAILED* ]]; then
+    say "  idle connections: not measured (the instance did not start)"
+    return 0
+  fi
+  rss0=$(rss_mib "${PID[idle]}" VmRSS)
+  port=${URL[idle]#http://127.0.0.1:}
+  port=${port%%/*}
+  coproc IDLE { taskset -c "$LOAD_CPU" python3 "$BENCH_DIR/idle-conns.py" 127.0.0.1 \
+    "$port" "$REQ_PATH" "$API_KEY" "$IDLE_CONNS" 120 2>&1; }
+  line=""
+  read -r -t 150 -u "${IDLE[0]}" line || true
+  sleep 1
+  rss1=$(rss_mib "${PID[idle]}" VmRSS)
+  say "  idle connections: ${line:-no answer from idle-conns.py}"
+  say "  idle: RSS ${rss0} MiB after start -> ${rss1} MiB holding them (target: < 64 MiB with $IDLE_CONNS)"
+  say "$(awk -v a="$rss0" -v b="$rss1" -v n="$IDLE_CONNS" 'BEGIN { if (n > 0) printf "  idle: %.1f KiB per idle connection", (b - a) * 1024 / n }')"
+  if [ -n "${IDLE[1]:-}" ]; then
+    local wfd=${IDLE[1]}
+    exec {wfd}>&- # idle-conns.py lets go once its stdin closes
+  fi
+  wait "${IDLE_PID:-}" 2>/dev/null || true
+}
+
+case $MODE in
+  latency) latency ;;
+  flat) flat ;;
+  *)
+    throughput
+    say ""
+    say "## memory"
+    report_peak_rss bare-pingora portcullis
+    ;;
+esac
 say ""
 say "raw results: $RESULTS"

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod edge;
+pub mod hdr;
 pub mod net;
 pub mod observe;
 pub mod proxy;

@@ -7,6 +7,8 @@ use crate::runtime::Runtime;
 use crate::supervisor::Supervisor;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::L4BufferSettings;
+use pingora_core::listeners::ListenerConfig;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -69,8 +71,14 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
     .name("portcullis proxy")
     .server_options(options)
     .build();
+    // Pingora gives every connection a 64 KiB read buffer by default: 640 MiB for 10,000
+    // idle keep-alive clients. HTTP/1 headers are read into their own buffer anyway.
+    let read_buffer = usize::try_from(snap.config.server.read_buffer.0).unwrap_or(usize::MAX);
     for addr in &snap.config.server.listen {
-        proxy.add_tcp(addr);
+        proxy.add_listener(
+            ListenerConfig::tcp(addr.as_str())
+                .l4_buffer(L4BufferSettings::default().read(read_buffer)),
+        );
     }
     if let Some(tls) = &snap.config.server.tls {
         // Certificates come from the resolver (SNI, reloadable), not from files given here.

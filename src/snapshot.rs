@@ -589,6 +589,9 @@ fn restart_warnings(old: &Config, new: &Config) {
     if o.h2c != n.h2c {
         log::warn!("server.h2c changed: it applies after a restart or upgrade");
     }
+    if o.read_buffer != n.read_buffer {
+        log::warn!("server.read_buffer changed: it applies after a restart or upgrade");
+    }
     match (&o.tls, &n.tls) {
         (None, Some(_)) => {
             log::warn!("server.tls added: the TLS listener starts with the next restart or upgrade")

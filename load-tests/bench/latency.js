@@ -1,6 +1,7 @@
 // Open-loop latency probe for `MODE=latency load-tests/bench.sh`: a constant arrival rate
 // against one URL, then one machine-readable line (milliseconds) that bench.sh parses.
-// Env: URL, RATE (requests/s), DURATION, API_KEY, VUS (pre-allocated), MAX_VUS.
+// Env: URL, RATE (requests/s), DURATION, API_KEY, VUS (pre-allocated), MAX_VUS; with JWT
+// (a bearer token) and JWT_URL, every other request goes there instead (bench.sh JWT_MIX).
 import http from 'k6/http';
 
 const RATE = parseInt(__ENV.RATE || '1000', 10);
@@ -22,9 +23,15 @@ export const options = {
 };
 
 const params = { headers: { 'x-api-key': __ENV.API_KEY || '' } };
+const jwtParams = { headers: { Authorization: `Bearer ${__ENV.JWT || ''}` } };
+const mix = Boolean(__ENV.JWT && __ENV.JWT_URL);
 
 export default function () {
-  http.get(__ENV.URL, params);
+  if (mix && __ITER % 2 === 1) {
+    http.get(__ENV.JWT_URL, jwtParams);
+  } else {
+    http.get(__ENV.URL, params);
+  }
 }
 
 function metric(data, name, field) {

@@ -375,6 +375,15 @@ pub struct ServerConfig {
     /// Read at start-up.
     #[serde(default = "default_true")]
     pub h2c: bool,
+    /// Per-connection read buffer of the plain listeners (`0` reads straight from the
+    /// socket). Every open client connection holds one, idle keep-alive ones included.
+    /// Read at start-up.
+    #[serde(default = "default_read_buffer")]
+    pub read_buffer: ByteSize,
+}
+
+fn default_read_buffer() -> ByteSize {
+    ByteSize(0)
 }
 
 /// `allow` (if not empty) must contain the client; `deny` must not. CIDR blocks or IPs.
@@ -492,6 +501,7 @@ impl Default for ServerConfig {
             limits: LimitsConfig::default(),
             tls: None,
             h2c: true,
+            read_buffer: default_read_buffer(),
         }
     }
 }

@@ -22,27 +22,35 @@ pub fn parse(v: &[u8]) -> Option<(&str, &str)> {
     Some((&s[3..35], &s[53..55]))
 }
 
-fn hex(bytes: &[u8]) -> String {
+fn push_hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         out.push(DIGITS[(b >> 4) as usize] as char);
         out.push(DIGITS[(b & 0xf) as usize] as char);
     }
-    out
+}
+
+/// `00-{trace}-{span}-{flags}`
+fn traceparent(trace: &str, span: &[u8], flags: &str) -> String {
+    let mut tp = String::with_capacity(55);
+    tp.push_str("00-");
+    tp.push_str(trace);
+    tp.push('-');
+    push_hex(&mut tp, span);
+    tp.push('-');
+    tp.push_str(flags);
+    tp
 }
 
 /// (trace id, the traceparent to send upstream).
 pub fn next(incoming: Option<&[u8]>) -> (String, String) {
     let span: [u8; 8] = rand::random::<u64>().max(1).to_be_bytes();
     match incoming.and_then(parse) {
-        Some((trace, flags)) => (
-            trace.to_string(),
-            format!("00-{trace}-{}-{flags}", hex(&span)),
-        ),
+        Some((trace, flags)) => (trace.to_string(), traceparent(trace, &span, flags)),
         None => {
-            let trace = hex(&rand::random::<u128>().max(1).to_be_bytes());
-            let tp = format!("00-{trace}-{}-01", hex(&span));
+            let mut trace = String::with_capacity(32);
+            push_hex(&mut trace, &rand::random::<u128>().max(1).to_be_bytes());
+            let tp = traceparent(&trace, &span, "01");
             (trace, tp)
         }
     }

@@ -37,16 +37,20 @@ pub fn apply(
     trusted: bool,
     tls: bool,
 ) -> pingora_error::Result<()> {
-    let peer_s = peer.map(|p| p.to_string()).unwrap_or_default();
+    let peer_v = match peer {
+        Some(p) => crate::hdr::ip_header(p),
+        None => http::HeaderValue::from_static(""),
+    };
     let xff = match (trusted, req.headers.get("x-forwarded-for")) {
         (true, Some(prev)) if !prev.is_empty() => {
-            let mut s = String::with_capacity(prev.len() + 2 + peer_s.len());
-            s.push_str(prev.to_str().unwrap_or(""));
-            s.push_str(", ");
-            s.push_str(&peer_s);
-            s
+            let mut s = Vec::with_capacity(prev.len() + 2 + peer_v.len());
+            s.extend_from_slice(prev.as_bytes());
+            s.extend_from_slice(b", ");
+            s.extend_from_slice(peer_v.as_bytes());
+            http::HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
+                .unwrap_or_else(|_| peer_v.clone())
         }
-        _ => peer_s,
+        _ => peer_v.clone(),
     };
     req.insert_header("x-forwarded-for", xff)?;
     if !(trusted && req.headers.contains_key("x-forwarded-proto")) {
@@ -66,7 +70,8 @@ pub fn apply(
         }
     }
     match client {
-        Some(c) => req.insert_header("x-real-ip", c.to_string())?,
+        Some(c) if Some(c) == peer => req.insert_header("x-real-ip", peer_v)?,
+        Some(c) => req.insert_header("x-real-ip", crate::hdr::ip_header(c))?,
         None => {
             req.remove_header("x-real-ip");
         }

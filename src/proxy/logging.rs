@@ -50,7 +50,7 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         identity: ctx
             .identity
             .as_ref()
-            .map(|i| format!("{}:{}", i.kind.as_str(), i.subject)),
+            .map(|i| [i.kind.as_str(), ":", i.subject.as_str()].concat()),
         method: req.method.clone(),
         path: req.uri.path().to_string(),
         route: route.map(|r| r.name.clone()),

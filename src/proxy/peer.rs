@@ -161,7 +161,7 @@ pub fn prepare_request(upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> R
     if let Some(route) = ctx.route() {
         if !route.preserve_host {
             if let Some(b) = &ctx.backend {
-                upstream_request.insert_header("host", b.0.addr.to_string())?;
+                upstream_request.insert_header("host", b.0.host_header.clone())?;
             }
         }
         let ops = &route.request_headers;

@@ -359,17 +359,33 @@ fn outcome(label: &Arc<str>, l: &Limiter, u: &Usage, rejected: bool) -> Outcome 
 
 /// The response headers for an outcome: `X-RateLimit-*` and the IETF structured fields.
 pub fn headers(o: &Outcome) -> [(&'static str, String); 5] {
+    let mut b = itoa::Buffer::new();
+    let (limit, remaining, reset) = (
+        b.format(o.limit).to_string(),
+        b.format(o.remaining).to_string(),
+        b.format(o.reset_secs).to_string(),
+    );
+    // `"policy";k1=v1;k2=v2` (draft-ietf-httpapi-ratelimit-headers)
+    let field = |k1: &str, v1: &str, k2: &str, v2: &str| {
+        let mut s = String::with_capacity(o.policy.len() + 16 + v1.len() + v2.len());
+        s.push('"');
+        s.push_str(&o.policy);
+        s.push_str("\";");
+        s.push_str(k1);
+        s.push('=');
+        s.push_str(v1);
+        s.push(';');
+        s.push_str(k2);
+        s.push('=');
+        s.push_str(v2);
+        s
+    };
+    let window = itoa::Buffer::new().format(o.window_secs).to_string();
     [
-        ("x-ratelimit-limit", o.limit.to_string()),
-        ("x-ratelimit-remaining", o.remaining.to_string()),
-        ("x-ratelimit-reset", o.reset_secs.to_string()),
-        (
-            "ratelimit-policy",
-            format!("\"{}\";q={};w={}", o.policy, o.limit, o.window_secs),
-        ),
-        (
-            "ratelimit",
-            format!("\"{}\";r={};t={}", o.policy, o.remaining, o.reset_secs),
-        ),
+        ("ratelimit-policy", field("q", &limit, "w", &window)),
+        ("ratelimit", field("r", &remaining, "t", &reset)),
+        ("x-ratelimit-limit", limit),
+        ("x-ratelimit-remaining", remaining),
+        ("x-ratelimit-reset", reset),
     ]
 }

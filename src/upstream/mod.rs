@@ -94,6 +94,8 @@ pub struct BackendState {
     pub in_flight: AtomicI64,
     pub requests: AtomicU64,
     pub breaker: Breaker,
+    /// `Host` sent upstream on routes that do not preserve the client's (`ip:port`).
+    pub host_header: http::HeaderValue,
     peer: HttpPeer,
 }
 
@@ -139,6 +141,7 @@ impl BackendState {
         BackendState {
             addr,
             label: format!("{name}/{addr}"),
+            host_header: crate::hdr::socket_addr_header(addr),
             in_flight: AtomicI64::new(0),
             requests: AtomicU64::new(0),
             breaker: Breaker::new(policy),

@@ -1592,7 +1592,12 @@ where
                 .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
         }
 
-        self.process_request(session, ctx).await
+        // PORTCULLIS PATCH (idle connection memory): the request's state machine is large
+        // (tens of KiB). Inline, it made this future that large, and this future stays
+        // allocated while a keep-alive connection waits in `handle_new_request` for its next
+        // request. Boxed, an idle connection holds only the small reading state; the box
+        // lives for one request.
+        Box::pin(self.process_request(session, ctx)).await
     }
 
     async fn http_cleanup(&self) {
