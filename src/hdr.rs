@@ -1,8 +1,80 @@
-//! Header values for addresses, written without the `fmt` machinery (the request path
-//! formats a client IP for every request).
+//! Headers the request path adds to every request and response: names parsed once, and
+//! address values written without the `fmt` machinery.
+//!
+//! `insert_header` in pingora-http parses the name (and allocates for a non-standard one) on
+//! every call; [`Name`] and [`set_req`]/[`set_resp`] insert under a name built at compile
+//! time (the vendored pingora-http's `insert_header_parsed`).
 
+use http::header::HeaderName;
 use http::HeaderValue;
+use pingora_http::{CaseHeaderName, RequestHeader, ResponseHeader};
 use std::net::{IpAddr, SocketAddr};
+
+/// A header name in both forms Pingora keeps: the map key and the text written on the wire.
+pub struct Name {
+    name: HeaderName,
+    case: CaseHeaderName,
+    text: &'static str,
+}
+
+impl Name {
+    /// `lower` must be a valid lower-case header name (checked at compile time).
+    pub const fn new(lower: &'static str) -> Name {
+        Name {
+            name: HeaderName::from_static(lower),
+            case: CaseHeaderName::from_static(lower),
+            text: lower,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        self.text
+    }
+}
+
+pub static HOST: Name = Name::new("host");
+pub static X_REQUEST_ID: Name = Name::new("x-request-id");
+pub static TRACEPARENT: Name = Name::new("traceparent");
+pub static X_FORWARDED_FOR: Name = Name::new("x-forwarded-for");
+pub static X_FORWARDED_PROTO: Name = Name::new("x-forwarded-proto");
+pub static X_FORWARDED_HOST: Name = Name::new("x-forwarded-host");
+pub static X_REAL_IP: Name = Name::new("x-real-ip");
+pub static X_RATELIMIT_LIMIT: Name = Name::new("x-ratelimit-limit");
+pub static X_RATELIMIT_REMAINING: Name = Name::new("x-ratelimit-remaining");
+pub static X_RATELIMIT_RESET: Name = Name::new("x-ratelimit-reset");
+pub static RATELIMIT_POLICY: Name = Name::new("ratelimit-policy");
+pub static RATELIMIT: Name = Name::new("ratelimit");
+
+/// Set `name` on a request (replacing any value it had).
+pub fn set_req(
+    req: &mut RequestHeader,
+    name: &Name,
+    value: HeaderValue,
+) -> pingora_error::Result<()> {
+    req.insert_header_parsed(&name.name, &name.case, value)
+}
+
+/// Set `name` on a response (replacing any value it had).
+pub fn set_resp(
+    resp: &mut ResponseHeader,
+    name: &Name,
+    value: HeaderValue,
+) -> pingora_error::Result<()> {
+    resp.insert_header_parsed(&name.name, &name.case, value)
+}
+
+/// A header value from text the gateway produced; invalid bytes are an error, as with
+/// `insert_header`.
+pub fn text(v: &str) -> pingora_error::Result<HeaderValue> {
+    use pingora_error::{ErrorType, OrErr};
+    HeaderValue::from_str(v).or_err(ErrorType::InvalidHTTPHeader, "invalid header value")
+}
+
+/// The same, taking ownership (no copy).
+pub fn owned(v: String) -> pingora_error::Result<HeaderValue> {
+    use pingora_error::{ErrorType, OrErr};
+    HeaderValue::try_from(v).or_err(ErrorType::InvalidHTTPHeader, "invalid header value")
+}
 
 /// Dotted quad into `out`; returns the length written (at most 15).
 fn write_v4(ip: std::net::Ipv4Addr, out: &mut [u8; 21]) -> usize {

@@ -1,5 +1,6 @@
 //! Client address and forwarding headers (`X-Forwarded-*`), honouring trusted proxies.
 
+use crate::hdr;
 use crate::snapshot::Snapshot;
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
@@ -38,7 +39,7 @@ pub fn apply(
     tls: bool,
 ) -> pingora_error::Result<()> {
     let peer_v = match peer {
-        Some(p) => crate::hdr::ip_header(p),
+        Some(p) => hdr::ip_header(p),
         None => http::HeaderValue::from_static(""),
     };
     let xff = match (trusted, req.headers.get("x-forwarded-for")) {
@@ -52,9 +53,12 @@ pub fn apply(
         }
         _ => peer_v.clone(),
     };
-    req.insert_header("x-forwarded-for", xff)?;
+    // Room for what the gateway adds on the way upstream: each map grows once at most.
+    req.reserve(8);
+    hdr::set_req(req, &hdr::X_FORWARDED_FOR, xff)?;
     if !(trusted && req.headers.contains_key("x-forwarded-proto")) {
-        req.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        let proto = http::HeaderValue::from_static(if tls { "https" } else { "http" });
+        hdr::set_req(req, &hdr::X_FORWARDED_PROTO, proto)?;
     }
     if !(trusted && req.headers.contains_key("x-forwarded-host")) {
         let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
@@ -63,15 +67,15 @@ pub fn apply(
                 .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
         });
         match host {
-            Some(h) => req.insert_header("x-forwarded-host", h)?,
+            Some(h) => hdr::set_req(req, &hdr::X_FORWARDED_HOST, h)?,
             None => {
                 req.remove_header("x-forwarded-host");
             }
         }
     }
     match client {
-        Some(c) if Some(c) == peer => req.insert_header("x-real-ip", peer_v)?,
-        Some(c) => req.insert_header("x-real-ip", crate::hdr::ip_header(c))?,
+        Some(c) if Some(c) == peer => hdr::set_req(req, &hdr::X_REAL_IP, peer_v)?,
+        Some(c) => hdr::set_req(req, &hdr::X_REAL_IP, hdr::ip_header(c))?,
         None => {
             req.remove_header("x-real-ip");
         }

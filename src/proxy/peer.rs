@@ -6,6 +6,7 @@ use super::ctx::Ctx;
 use super::forwarded;
 use super::request::identity_headers;
 use super::respond::Reject;
+use crate::hdr;
 use crate::upstream::retry::Failure;
 use crate::upstream::{HashKey, InFlight, NoBackend};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -124,8 +125,16 @@ pub fn prepare_request(upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> R
         ctx.peer_trusted,
         ctx.tls,
     )?;
-    upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
-    upstream_request.insert_header("traceparent", ctx.traceparent.as_str())?;
+    hdr::set_req(
+        upstream_request,
+        &hdr::X_REQUEST_ID,
+        hdr::text(&ctx.request_id)?,
+    )?;
+    hdr::set_req(
+        upstream_request,
+        &hdr::TRACEPARENT,
+        hdr::text(&ctx.traceparent)?,
+    )?;
     identity_headers(upstream_request, ctx)?;
     if ctx.strip_key_param {
         let name = ctx
@@ -161,7 +170,7 @@ pub fn prepare_request(upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> R
     if let Some(route) = ctx.route() {
         if !route.preserve_host {
             if let Some(b) = &ctx.backend {
-                upstream_request.insert_header("host", b.0.host_header.clone())?;
+                hdr::set_req(upstream_request, &hdr::HOST, b.0.host_header.clone())?;
             }
         }
         let ops = &route.request_headers;

@@ -177,7 +177,7 @@ fn rate_limit(session: &Session, ctx: &mut Ctx) {
             )
             .header("retry-after", outcome.retry_after.unwrap_or(1).to_string());
             for (k, v) in crate::ratelimit::headers(&outcome) {
-                reject = reject.header(k, v);
+                reject = reject.header(k.as_str(), v);
             }
             ctx.rate_limit = Some(outcome);
             ctx.reject = Some(reject);

@@ -2,12 +2,16 @@
 
 use super::ctx::Ctx;
 use super::edge;
+use crate::hdr;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 pub fn decorate(session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    // Room for what the gateway adds (request id, rate-limit fields, security headers):
+    // each map grows once at most.
+    resp.reserve(10);
+    hdr::set_resp(resp, &hdr::X_REQUEST_ID, hdr::text(&ctx.request_id)?)?;
     if crate::runtime::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
         session.set_keepalive(None);
         resp.insert_header("connection", "close")?;
@@ -31,7 +35,7 @@ pub fn decorate(session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx)
     }
     if let Some(o) = &ctx.rate_limit {
         for (k, v) in crate::ratelimit::headers(o) {
-            resp.insert_header(k, v)?;
+            hdr::set_resp(resp, k, hdr::owned(v)?)?;
         }
     }
     if ctx.cache.route {

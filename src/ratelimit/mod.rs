@@ -358,7 +358,10 @@ fn outcome(label: &Arc<str>, l: &Limiter, u: &Usage, rejected: bool) -> Outcome 
 }
 
 /// The response headers for an outcome: `X-RateLimit-*` and the IETF structured fields.
-pub fn headers(o: &Outcome) -> [(&'static str, String); 5] {
+pub fn headers(o: &Outcome) -> [(&'static crate::hdr::Name, String); 5] {
+    use crate::hdr::{
+        RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
+    };
     let mut b = itoa::Buffer::new();
     let (limit, remaining, reset) = (
         b.format(o.limit).to_string(),
@@ -382,10 +385,10 @@ pub fn headers(o: &Outcome) -> [(&'static str, String); 5] {
     };
     let window = itoa::Buffer::new().format(o.window_secs).to_string();
     [
-        ("ratelimit-policy", field("q", &limit, "w", &window)),
-        ("ratelimit", field("r", &remaining, "t", &reset)),
-        ("x-ratelimit-limit", limit),
-        ("x-ratelimit-remaining", remaining),
-        ("x-ratelimit-reset", reset),
+        (&RATELIMIT_POLICY, field("q", &limit, "w", &window)),
+        (&RATELIMIT, field("r", &remaining, "t", &reset)),
+        (&X_RATELIMIT_LIMIT, limit),
+        (&X_RATELIMIT_REMAINING, remaining),
+        (&X_RATELIMIT_RESET, reset),
     ]
 }
