@@ -109,6 +109,7 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
         server.add_service(svc).add_dependency(&bootstrap);
     }
 
+    crate::observe::access_log::watch_phases(server.watch_execution_phase());
     server.add_service(background_service(
         "portcullis supervisor",
         Supervisor {
