@@ -2,8 +2,8 @@
 //! address values written without the `fmt` machinery.
 //!
 //! `insert_header` in pingora-http parses the name (and allocates for a non-standard one) on
-//! every call; [`Name`] and [`set_req`]/[`set_resp`] insert under a name built at compile
-//! time (the vendored pingora-http's `insert_header_parsed`).
+//! every call; [`Name`] and [`Headers::set`] insert under a name built at compile time (the
+//! vendored pingora-http's `insert_header_parsed`).
 
 use http::header::HeaderName;
 use http::HeaderValue;
@@ -45,23 +45,44 @@ pub static X_RATELIMIT_RESET: Name = Name::new("x-ratelimit-reset");
 pub static RATELIMIT_POLICY: Name = Name::new("ratelimit-policy");
 pub static RATELIMIT: Name = Name::new("ratelimit");
 
-/// Set `name` on a request (replacing any value it had).
-pub fn set_req(
-    req: &mut RequestHeader,
-    name: &Name,
-    value: HeaderValue,
-) -> pingora_error::Result<()> {
-    req.insert_header_parsed(&name.name, &name.case, value)
+/// What the gateway does to request and response headers alike (pingora-http gives the two
+/// types the same methods but no shared trait).
+pub trait Headers {
+    /// Set a header under a pre-parsed name, replacing any value it had.
+    fn set(&mut self, name: &Name, value: HeaderValue) -> pingora_error::Result<()>;
+    fn insert(&mut self, name: &HeaderName, value: &HeaderValue) -> pingora_error::Result<()>;
+    fn append(&mut self, name: &HeaderName, value: &HeaderValue) -> pingora_error::Result<()>;
+    fn remove(&mut self, name: &HeaderName);
 }
 
-/// Set `name` on a response (replacing any value it had).
-pub fn set_resp(
-    resp: &mut ResponseHeader,
-    name: &Name,
-    value: HeaderValue,
-) -> pingora_error::Result<()> {
-    resp.insert_header_parsed(&name.name, &name.case, value)
+macro_rules! impl_headers {
+    ($t:ty) => {
+        impl Headers for $t {
+            fn set(&mut self, name: &Name, value: HeaderValue) -> pingora_error::Result<()> {
+                self.insert_header_parsed(&name.name, &name.case, value)
+            }
+            fn insert(
+                &mut self,
+                name: &HeaderName,
+                value: &HeaderValue,
+            ) -> pingora_error::Result<()> {
+                self.insert_header(name.clone(), value.clone())
+            }
+            fn append(
+                &mut self,
+                name: &HeaderName,
+                value: &HeaderValue,
+            ) -> pingora_error::Result<()> {
+                self.append_header(name.clone(), value.clone()).map(|_| ())
+            }
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    };
 }
+impl_headers!(RequestHeader);
+impl_headers!(ResponseHeader);
 
 /// A header value from text the gateway produced; invalid bytes are an error, as with
 /// `insert_header`.

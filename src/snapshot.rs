@@ -65,8 +65,18 @@ pub struct CompiledHeaderOps {
 }
 
 impl CompiledHeaderOps {
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    /// Remove, then set, then add (a route's `request_headers` / `response_headers`).
+    pub fn apply(&self, h: &mut impl crate::hdr::Headers) -> pingora_error::Result<()> {
+        for n in &self.remove {
+            h.remove(n);
+        }
+        for (n, v) in &self.set {
+            h.insert(n, v)?;
+        }
+        for (n, v) in &self.add {
+            h.append(n, v)?;
+        }
+        Ok(())
     }
 }
 

@@ -67,13 +67,7 @@ pub fn build(input: &KeyInput<'_>) -> Result<CacheKey, path::PathError> {
     let query = normalize_query(req.uri.query().unwrap_or(""), input.credential_param);
     let mut primary = resource(&normalized, &query);
     push_component(&mut primary, b"GET");
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("");
-    push_component(&mut primary, crate::routing::host_only(host).as_bytes());
+    push_component(&mut primary, crate::routing::request_host(req).as_bytes());
     push_component(&mut primary, input.route_name.as_bytes());
     push_component(&mut primary, input.route.tag.as_bytes());
     match input.identity.filter(|_| input.route.per_identity) {

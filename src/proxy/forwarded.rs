@@ -1,6 +1,6 @@
 //! Client address and forwarding headers (`X-Forwarded-*`), honouring trusted proxies.
 
-use crate::hdr;
+use crate::hdr::{self, Headers};
 use crate::snapshot::Snapshot;
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
@@ -55,10 +55,10 @@ pub fn apply(
     };
     // Room for what the gateway adds on the way upstream: each map grows once at most.
     req.reserve(8);
-    hdr::set_req(req, &hdr::X_FORWARDED_FOR, xff)?;
+    req.set(&hdr::X_FORWARDED_FOR, xff)?;
     if !(trusted && req.headers.contains_key("x-forwarded-proto")) {
         let proto = http::HeaderValue::from_static(if tls { "https" } else { "http" });
-        hdr::set_req(req, &hdr::X_FORWARDED_PROTO, proto)?;
+        req.set(&hdr::X_FORWARDED_PROTO, proto)?;
     }
     if !(trusted && req.headers.contains_key("x-forwarded-host")) {
         let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
@@ -67,15 +67,15 @@ pub fn apply(
                 .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
         });
         match host {
-            Some(h) => hdr::set_req(req, &hdr::X_FORWARDED_HOST, h)?,
+            Some(h) => req.set(&hdr::X_FORWARDED_HOST, h)?,
             None => {
                 req.remove_header("x-forwarded-host");
             }
         }
     }
     match client {
-        Some(c) if Some(c) == peer => hdr::set_req(req, &hdr::X_REAL_IP, peer_v)?,
-        Some(c) => hdr::set_req(req, &hdr::X_REAL_IP, hdr::ip_header(c))?,
+        Some(c) if Some(c) == peer => req.set(&hdr::X_REAL_IP, peer_v)?,
+        Some(c) => req.set(&hdr::X_REAL_IP, hdr::ip_header(c))?,
         None => {
             req.remove_header("x-real-ip");
         }

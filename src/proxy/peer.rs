@@ -6,7 +6,7 @@ use super::ctx::Ctx;
 use super::forwarded;
 use super::request::identity_headers;
 use super::respond::Reject;
-use crate::hdr;
+use crate::hdr::{self, Headers};
 use crate::upstream::retry::Failure;
 use crate::upstream::{HashKey, InFlight, NoBackend};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -125,16 +125,8 @@ pub fn prepare_request(upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> R
         ctx.peer_trusted,
         ctx.tls,
     )?;
-    hdr::set_req(
-        upstream_request,
-        &hdr::X_REQUEST_ID,
-        hdr::text(&ctx.request_id)?,
-    )?;
-    hdr::set_req(
-        upstream_request,
-        &hdr::TRACEPARENT,
-        hdr::text(&ctx.traceparent)?,
-    )?;
+    upstream_request.set(&hdr::X_REQUEST_ID, hdr::text(&ctx.request_id)?)?;
+    upstream_request.set(&hdr::TRACEPARENT, hdr::text(&ctx.traceparent)?)?;
     identity_headers(upstream_request, ctx)?;
     if ctx.strip_key_param {
         let name = ctx
@@ -170,21 +162,10 @@ pub fn prepare_request(upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> R
     if let Some(route) = ctx.route() {
         if !route.preserve_host {
             if let Some(b) = &ctx.backend {
-                hdr::set_req(upstream_request, &hdr::HOST, b.0.host_header.clone())?;
+                upstream_request.set(&hdr::HOST, b.0.host_header.clone())?;
             }
         }
-        let ops = &route.request_headers;
-        if !ops.is_empty() {
-            for n in &ops.remove {
-                upstream_request.remove_header(n);
-            }
-            for (n, v) in &ops.set {
-                upstream_request.insert_header(n.clone(), v.clone())?;
-            }
-            for (n, v) in &ops.add {
-                upstream_request.append_header(n.clone(), v.clone())?;
-            }
-        }
+        route.request_headers.apply(upstream_request)?;
     }
     Ok(())
 }

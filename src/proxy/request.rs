@@ -96,13 +96,7 @@ fn route_request(session: &Session, ctx: &mut Ctx) {
             return;
         }
     };
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("");
-    let host = routing::host_only(host);
+    let host = routing::request_host(req);
     let segs = routing::segments(&normalized);
     // a CORS preflight is routed as the request it announces
     let preflight_method = crate::edge::is_preflight(req)

@@ -2,7 +2,7 @@
 
 use super::ctx::Ctx;
 use super::edge;
-use crate::hdr;
+use crate::hdr::{self, Headers};
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -11,31 +11,20 @@ pub fn decorate(session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx)
     // Room for what the gateway adds (request id, rate-limit fields, security headers):
     // each map grows once at most.
     resp.reserve(10);
-    hdr::set_resp(resp, &hdr::X_REQUEST_ID, hdr::text(&ctx.request_id)?)?;
+    resp.set(&hdr::X_REQUEST_ID, hdr::text(&ctx.request_id)?)?;
     if crate::runtime::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
         session.set_keepalive(None);
         resp.insert_header("connection", "close")?;
     }
     if let Some(route) = ctx.route() {
-        let ops = &route.response_headers;
-        if !ops.is_empty() {
-            for n in &ops.remove {
-                resp.remove_header(n);
-            }
-            for (n, v) in &ops.set {
-                resp.insert_header(n.clone(), v.clone())?;
-            }
-            for (n, v) in &ops.add {
-                resp.append_header(n.clone(), v.clone())?;
-            }
-        }
+        route.response_headers.apply(resp)?;
     }
     if ctx.retries > 0 {
         resp.insert_header("x-retry-count", ctx.retries.to_string())?;
     }
     if let Some(o) = &ctx.rate_limit {
         for (k, v) in crate::ratelimit::headers(o) {
-            hdr::set_resp(resp, k, hdr::owned(v)?)?;
+            resp.set(k, hdr::owned(v)?)?;
         }
     }
     if ctx.cache.route {

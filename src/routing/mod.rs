@@ -224,6 +224,18 @@ pub fn segments(path: &str) -> Vec<&str> {
     path.split('/').filter(|s| !s.is_empty()).collect()
 }
 
+/// The host a request is for (the `Host` header, else the URI's authority), without port,
+/// lower-cased only if needed.
+pub fn request_host(req: &http::request::Parts) -> std::borrow::Cow<'_, str> {
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    host_only(host)
+}
+
 /// The host of a request without port, lower-cased only if needed.
 pub fn host_only(host: &str) -> std::borrow::Cow<'_, str> {
     let h = if host.starts_with('[') {
