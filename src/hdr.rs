@@ -11,6 +11,7 @@ use pingora_http::{CaseHeaderName, RequestHeader, ResponseHeader};
 use std::net::{IpAddr, SocketAddr};
 
 /// A header name in both forms Pingora keeps: the map key and the text written on the wire.
+#[derive(Debug)]
 pub struct Name {
     name: HeaderName,
     case: CaseHeaderName,
@@ -25,6 +26,19 @@ impl Name {
             case: CaseHeaderName::from_static(lower),
             text: lower,
         }
+    }
+
+    /// A name written on the wire as `wire` (e.g. `X-Frame-Options`); `lower` as in [`Name::new`].
+    pub const fn titled(lower: &'static str, wire: &'static str) -> Name {
+        Name {
+            name: HeaderName::from_static(lower),
+            case: CaseHeaderName::from_static(wire),
+            text: lower,
+        }
+    }
+
+    pub fn name(&self) -> &HeaderName {
+        &self.name
     }
 
     pub fn as_str(&self) -> &'static str {
@@ -44,6 +58,14 @@ pub static X_RATELIMIT_REMAINING: Name = Name::new("x-ratelimit-remaining");
 pub static X_RATELIMIT_RESET: Name = Name::new("x-ratelimit-reset");
 pub static RATELIMIT_POLICY: Name = Name::new("ratelimit-policy");
 pub static RATELIMIT: Name = Name::new("ratelimit");
+pub static X_CONTENT_TYPE_OPTIONS: Name =
+    Name::titled("x-content-type-options", "X-Content-Type-Options");
+pub static X_FRAME_OPTIONS: Name = Name::titled("x-frame-options", "X-Frame-Options");
+pub static REFERRER_POLICY: Name = Name::titled("referrer-policy", "Referrer-Policy");
+pub static CONTENT_SECURITY_POLICY: Name =
+    Name::titled("content-security-policy", "Content-Security-Policy");
+pub static STRICT_TRANSPORT_SECURITY: Name =
+    Name::titled("strict-transport-security", "Strict-Transport-Security");
 
 /// What the gateway does to request and response headers alike (pingora-http gives the two
 /// types the same methods but no shared trait).

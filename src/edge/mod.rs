@@ -311,8 +311,8 @@ pub fn is_preflight(req: &RequestHeader) -> bool {
 
 #[derive(Debug, Default)]
 pub struct Security {
-    /// Added to every response.
-    pub always: Vec<(HeaderName, HeaderValue)>,
+    /// Added to every response that does not carry the header already.
+    pub always: Vec<(&'static crate::hdr::Name, HeaderValue)>,
     /// Added to responses to TLS requests.
     pub hsts: Option<HeaderValue>,
 }
@@ -332,24 +332,24 @@ impl Security {
         }
         if c.content_type_options {
             s.always.push((
-                http::header::X_CONTENT_TYPE_OPTIONS,
+                &crate::hdr::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
             ));
         }
-        let opt: [(&Option<String>, HeaderName, &str); 3] = [
+        let opt: [(&Option<String>, &'static crate::hdr::Name, &str); 3] = [
             (
                 &c.frame_options,
-                http::header::X_FRAME_OPTIONS,
+                &crate::hdr::X_FRAME_OPTIONS,
                 "frame_options",
             ),
             (
                 &c.referrer_policy,
-                http::header::REFERRER_POLICY,
+                &crate::hdr::REFERRER_POLICY,
                 "referrer_policy",
             ),
             (
                 &c.content_security_policy,
-                http::header::CONTENT_SECURITY_POLICY,
+                &crate::hdr::CONTENT_SECURITY_POLICY,
                 "content_security_policy",
             ),
         ];

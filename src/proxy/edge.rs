@@ -3,6 +3,7 @@
 use super::ctx::Ctx;
 use super::respond::Reject;
 use crate::edge;
+use crate::hdr::Headers;
 use pingora_core::modules::http::compression::ResponseCompression;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
@@ -151,13 +152,13 @@ pub fn decorate(session: &mut Session, resp: &mut ResponseHeader, ctx: &Ctx) -> 
         }
     }
     for (k, v) in &e.security.always {
-        if !resp.headers.contains_key(k) {
-            resp.insert_header(k.clone(), v.clone())?;
+        if !resp.headers.contains_key(k.name()) {
+            resp.set(k, v.clone())?;
         }
     }
     if ctx.tls {
         if let Some(h) = &e.security.hsts {
-            resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, h.clone())?;
+            resp.set(&crate::hdr::STRICT_TRANSPORT_SECURITY, h.clone())?;
         }
     }
     if let Some(c) = &e.compression {

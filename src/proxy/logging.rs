@@ -42,10 +42,14 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     if !sampled {
         return;
     }
+    let route = route.map(|r| r.name.clone());
+    // the last phase: the record takes the ids instead of copying them
+    let request_id = std::mem::take(&mut ctx.request_id);
+    let trace_id = std::mem::take(&mut ctx.trace_id);
     access_log::submit(Record {
         time: SystemTime::now() - elapsed,
-        request_id: ctx.request_id.clone(),
-        trace_id: ctx.trace_id.clone(),
+        request_id,
+        trace_id,
         client_ip: ctx.client_ip,
         identity: ctx
             .identity
@@ -53,7 +57,7 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             .map(|i| [i.kind.as_str(), ":", i.subject.as_str()].concat()),
         method: req.method.clone(),
         path: req.uri.path().to_string(),
-        route: route.map(|r| r.name.clone()),
+        route,
         upstream: upstream_name,
         backend: ctx.backend.as_ref().map(|b| b.0.addr),
         status,
