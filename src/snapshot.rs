@@ -22,6 +22,10 @@ pub struct Snapshot {
     pub server_ip: Option<crate::edge::IpRules>,
     /// The TLS listener's certificates (`server.tls`), loaded from their files.
     pub tls: Option<Arc<crate::tls::CertSet>>,
+    /// `server.paths.escaped_slashes`.
+    pub escaped_slashes: crate::routing::path::EscapedSlashes,
+    /// `server.headers` (and the API-key header, which may appear only once).
+    pub header_policy: crate::edge::headers::HeaderPolicy,
     pub config: Config,
 }
 
@@ -82,6 +86,9 @@ impl CompiledHeaderOps {
 
 pub struct Route {
     pub name: Arc<str>,
+    /// Unique among the routes (the name if one was given, else the whole match): the
+    /// route's namespace in the cache, so two routes never share an entry.
+    pub cache_id: Arc<str>,
     pub pattern: PathPattern,
     pub target: Target,
     pub strip_prefix: Option<String>,
@@ -199,12 +206,14 @@ pub fn build(
                 format!("`{}` is not an `ip:port` address", admin.listen),
             );
         }
-        if let Some(t) = &admin.token_sha256 {
-            if t.len() != 64 || hex::decode(t).is_err() {
-                p.push(
-                    "server.admin.token_sha256",
-                    "must be 64 hex characters (a SHA-256 digest)",
-                );
+        for (key, t) in [
+            ("server.admin.token_sha256", &admin.token_sha256),
+            ("server.admin.metrics_token_sha256", &admin.metrics_token_sha256),
+        ] {
+            if let Some(t) = t {
+                if t.len() != 64 || hex::decode(t).is_err() {
+                    p.push(key, "must be 64 hex characters (a SHA-256 digest)");
+                }
             }
         }
     }
@@ -304,6 +313,11 @@ pub fn build(
     let mut specs = Vec::with_capacity(cfg.routes.len());
     let mut routes = Vec::with_capacity(cfg.routes.len());
     let mut names: HashMap<String, usize> = HashMap::new();
+    let header_policy = crate::edge::headers::HeaderPolicy::build(
+        &cfg.server.headers,
+        auth.api_keys.as_ref().map(|k| k.header.clone()),
+        &mut p,
+    );
     let mut seen: HashMap<String, Vec<(usize, Methods)>> = HashMap::new();
     for (i, r) in cfg.routes.iter().enumerate() {
         // built without `fmt`: reloads of 10,000 routes spend their time here
@@ -419,6 +433,10 @@ pub fn build(
         };
 
         let mut rewrite = None;
+        let mut cache_id = match &r.name {
+            Some(n) => ["name\0", n.as_str()].concat(),
+            None => String::new(),
+        };
         if let Some(pt) = &pattern {
             if let Some(sp) = &r.strip_prefix {
                 if r.rewrite.is_some() {
@@ -476,6 +494,16 @@ pub fn build(
                 key.push_str(&k.to_ascii_lowercase());
                 key.push('\0');
                 key.push_str(v);
+            }
+            if r.name.is_none() {
+                // the match is unique (an identical one is refused below), so is this
+                cache_id = [
+                    "match\0",
+                    key.as_str(),
+                    "\0",
+                    itoa::Buffer::new().format(methods.0),
+                ]
+                .concat();
             }
             let entry = seen.entry(key).or_default();
             for (j, m) in entry.iter() {
@@ -552,9 +580,11 @@ pub fn build(
             path: pattern.clone(),
             methods,
             headers,
+            method_fallthrough: r.method_fallthrough,
         });
         routes.push(Route {
             name: name.into(),
+            cache_id: cache_id.into(),
             pattern,
             target,
             strip_prefix: r.strip_prefix.clone(),
@@ -594,6 +624,16 @@ pub fn build(
         edge_limits,
         server_ip,
         tls,
+        escaped_slashes: match cfg.server.paths.escaped_slashes {
+            crate::config::EscapedSlashesConfig::Reject => {
+                crate::routing::path::EscapedSlashes::Reject
+            }
+            crate::config::EscapedSlashesConfig::Keep => crate::routing::path::EscapedSlashes::Keep,
+            crate::config::EscapedSlashesConfig::Decode => {
+                crate::routing::path::EscapedSlashes::Decode
+            }
+        },
+        header_policy,
         config: cfg.clone(),
     })
 }

@@ -141,6 +141,23 @@ impl AdminApp {
         })
     }
 
+    /// `/metrics` is open unless `server.admin.metrics_token_sha256` is set; then it takes
+    /// that token or the admin token.
+    fn metrics_allowed(&self, session: &ServerSession) -> bool {
+        let snap = self.runtime.snapshot();
+        let Some(admin) = snap.config.server.admin.as_ref() else {
+            return true;
+        };
+        let Some(metrics_digest) = admin.metrics_token_sha256.as_deref() else {
+            return true;
+        };
+        authorized(session, metrics_digest)
+            || admin
+                .token_sha256
+                .as_deref()
+                .is_some_and(|d| authorized(session, d))
+    }
+
     fn metrics(&self) -> Response<Vec<u8>> {
         use crate::observe::metrics::METRICS;
         let snap = self.runtime.snapshot();
@@ -479,7 +496,22 @@ impl ServeHttp for AdminApp {
                 json!({ "status": "ok", "pid": std::process::id(), "generation": self.runtime.generation() }),
             ),
             (&Method::GET, "/readyz") => self.readyz(),
-            (&Method::GET, "/metrics") => self.metrics(),
+            (&Method::GET, "/metrics") => {
+                if self.metrics_allowed(session) {
+                    self.metrics()
+                } else {
+                    let mut r = error(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "/metrics needs the metrics (or admin) bearer token",
+                    );
+                    r.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static("Bearer realm=\"portcullis-metrics\""),
+                    );
+                    r
+                }
+            }
             (_, p) if p.starts_with("/admin/") => self.admin(session, &method, p).await,
             _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
         }

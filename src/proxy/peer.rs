@@ -118,12 +118,14 @@ pub async fn choose(session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer
 
 /// `upstream_request_filter`: forwarding headers, identity, rewrites, header operations.
 pub fn prepare_request(upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    let authority = ctx.view.as_ref().map_or("", |v| v.authority.as_str());
     forwarded::apply(
         upstream_request,
         ctx.peer_ip,
         ctx.client_ip,
         ctx.peer_trusted,
         ctx.tls,
+        authority,
     )?;
     upstream_request.set(&hdr::X_REQUEST_ID, hdr::text(&ctx.request_id)?)?;
     upstream_request.set(&hdr::TRACEPARENT, hdr::text(&ctx.traceparent)?)?;
@@ -163,6 +165,14 @@ pub fn prepare_request(upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> R
         if !route.preserve_host {
             if let Some(b) = &ctx.backend {
                 upstream_request.set(&hdr::HOST, b.0.host_header.clone())?;
+            }
+        } else if let Some(v) = ctx.view.as_ref().filter(|v| !v.host_header_canonical) {
+            // the Host routed on is the Host forwarded: canonical, from the target's
+            // authority when it had one
+            if v.authority.is_empty() {
+                upstream_request.remove_header(&http::header::HOST);
+            } else {
+                upstream_request.set(&hdr::HOST, hdr::text(&v.authority)?)?;
             }
         }
         route.request_headers.apply(upstream_request)?;
