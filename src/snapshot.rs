@@ -208,7 +208,10 @@ pub fn build(
         }
         for (key, t) in [
             ("server.admin.token_sha256", &admin.token_sha256),
-            ("server.admin.metrics_token_sha256", &admin.metrics_token_sha256),
+            (
+                "server.admin.metrics_token_sha256",
+                &admin.metrics_token_sha256,
+            ),
         ] {
             if let Some(t) = t {
                 if t.len() != 64 || hex::decode(t).is_err() {

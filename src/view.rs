@@ -187,8 +187,11 @@ pub fn build(head: &Head<'_>, slashes: EscapedSlashes) -> Result<RequestView, Vi
         Some(p) => [host.as_str(), ":", itoa::Buffer::new().format(p)].concat(),
         None => host.clone(),
     };
-    let host_header_canonical =
-        target_authority.is_none() && head.hosts.first().is_some_and(|h| *h == authority.as_bytes());
+    let host_header_canonical = target_authority.is_none()
+        && head
+            .hosts
+            .first()
+            .is_some_and(|h| *h == authority.as_bytes());
 
     // path and query
     let (raw_path, query) = match path_query.iter().position(|b| *b == b'?') {
@@ -230,7 +233,10 @@ fn strip_prefix_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
 /// `_` and `.` in non-empty labels (what DNS and certificates can name); IPv6 needs brackets.
 pub fn parse_authority(a: &[u8]) -> Result<(String, Option<u16>), ViewError> {
     let (host, port): (&[u8], Option<&[u8]>) = if a.first() == Some(&b'[') {
-        let close = a.iter().position(|b| *b == b']').ok_or(ViewError::BadHost)?;
+        let close = a
+            .iter()
+            .position(|b| *b == b']')
+            .ok_or(ViewError::BadHost)?;
         let inner = std::str::from_utf8(&a[1..close]).map_err(|_| ViewError::BadHost)?;
         if inner.parse::<Ipv6Addr>().is_err() {
             return Err(ViewError::BadHost);
@@ -340,12 +346,18 @@ mod tests {
     #[test]
     fn other_targets_are_refused() {
         assert_eq!(view("app/admin/x", &["a"]).unwrap_err(), ViewError::Target);
-        assert_eq!(view("x:/app/admin/x", &["a"]).unwrap_err(), ViewError::Target);
+        assert_eq!(
+            view("x:/app/admin/x", &["a"]).unwrap_err(),
+            ViewError::Target
+        );
         assert_eq!(view("ws://a.test/x", &[]).unwrap_err(), ViewError::Scheme);
         assert_eq!(view("a.test:443", &[]).unwrap_err(), ViewError::Target);
         assert_eq!(view("*", &["a"]).unwrap_err(), ViewError::Target);
         assert_eq!(view("/a#frag", &["a"]).unwrap_err(), ViewError::Fragment);
-        assert_eq!(view("http://u@a.test/", &[]).unwrap_err(), ViewError::BadHost);
+        assert_eq!(
+            view("http://u@a.test/", &[]).unwrap_err(),
+            ViewError::BadHost
+        );
         let v = view_v("*", &["a"], Version::HTTP_11, &Method::OPTIONS).unwrap();
         assert_eq!(v.form, Form::Asterisk);
     }
@@ -380,7 +392,10 @@ mod tests {
         assert_eq!(view("/", &["[::1]:8080"]).unwrap().authority, "[::1]:8080");
         assert_eq!(view("/", &["127.0.0.1:80"]).unwrap().authority, "127.0.0.1");
         assert_eq!(view("/", &["a.test:"]).unwrap().authority, "a.test");
-        assert_eq!(view("/", &["under_score.test"]).unwrap().host, "under_score.test");
+        assert_eq!(
+            view("/", &["under_score.test"]).unwrap().host,
+            "under_score.test"
+        );
     }
 
     #[test]

@@ -204,7 +204,9 @@ mod tests {
         assert_ne!(a.primary_bin(), d.primary_bin());
         // the port is part of the forwarded Host; the case and a trailing dot are not
         let mut other_port = req("/x?a=1&b=2", &[]);
-        other_port.insert_header("host", "api.example.com:9090").unwrap();
+        other_port
+            .insert_header("host", "api.example.com:9090")
+            .unwrap();
         assert_ne!(a.primary_bin(), key(&other_port, &rc, None).primary_bin());
         let mut same = req("/x?a=1&b=2", &[]);
         same.insert_header("host", "api.EXAMPLE.com.:8080").unwrap();

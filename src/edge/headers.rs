@@ -58,7 +58,13 @@ pub fn scrub(
     policy: &HeaderPolicy,
     trusted_peer: bool,
 ) -> Result<(), &'static str> {
-    if req.headers.get_all(http::header::AUTHORIZATION).iter().nth(1).is_some() {
+    if req
+        .headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
         return Err("the request has more than one Authorization header");
     }
     if let Some(h) = &policy.api_key_header {

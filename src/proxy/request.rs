@@ -49,9 +49,11 @@ pub async fn begin(runtime: &Runtime, session: &mut Session, ctx: &mut Ctx) -> R
         return Ok(());
     }
     // one canonical view of the request, before anything is decided on it
-    if let Err(why) =
-        crate::edge::headers::scrub(session.req_header_mut(), &snap.header_policy, ctx.peer_trusted)
-    {
+    if let Err(why) = crate::edge::headers::scrub(
+        session.req_header_mut(),
+        &snap.header_policy,
+        ctx.peer_trusted,
+    ) {
         ctx.reject = Some(Reject::new(400, "bad_request", why));
         ctx.snapshot = Some(snap);
         return Ok(());

@@ -432,7 +432,10 @@ mod tests {
             spec(None, "/vh/**", None),
         ]);
         assert_eq!(find(&r, "x", "/app/ro/x", Method::DELETE), Lookup::Found(1));
-        assert_eq!(find(&r, "admin.test", "/vh/x", Method::POST), Lookup::Found(3));
+        assert_eq!(
+            find(&r, "admin.test", "/vh/x", Method::POST),
+            Lookup::Found(3)
+        );
     }
 
     #[test]
