@@ -662,6 +662,7 @@ async fn absolute_form_target_authority_selects_the_host_route() {
     let mut t = Report::default();
     let key = format!("x-api-key: {API_KEY}");
     let unauthorized = (401, "unauthorized");
+    let bad = (400, "bad_request");
 
     t.refused(
         &gw,
@@ -671,14 +672,15 @@ async fn absolute_form_target_authority_selects_the_host_route() {
         "absolute-form http://admin.test/vh/x without Host must take the admin.test route (auth), not the public one",
     )
     .await;
-    // NOTE: pingora-core 0.9.1 (`validate_request_authority`) refuses an absolute-form target
-    // whose authority differs from Host itself, with a bare 400, before the gateway sees it.
+    // pingora-core 0.9.1 (`validate_request_authority`) refuses an absolute-form target whose
+    // authority differs from Host before any phase runs; the gateway shapes that 400 (JSON,
+    // x-request-id). Stricter than replacing Host, and the public route is never reached.
     t.refused(
         &gw,
         &up,
         b"GET http://admin.test/vh/x HTTP/1.1\r\nHost: other.test\r\n\r\n",
-        unauthorized,
-        "absolute-form http://admin.test/vh/x with Host: other.test: the authority wins",
+        bad,
+        "absolute-form http://admin.test/vh/x with Host: other.test: refused, never the public route",
     )
     .await;
     t.refused(
@@ -804,7 +806,8 @@ async fn host_header_syntax_is_checked() {
     t.refused(
         &gw,
         &up,
-        b"GET /vh/x HTTP/1.1\r\n\r\n",
+        // one header line: pingora-core 0.9.1 never completes a head with none at all
+        b"GET /vh/x HTTP/1.1\r\nAccept: */*\r\n\r\n",
         bad,
         "HTTP/1.1 without Host",
     )
@@ -1627,6 +1630,20 @@ routes:
 
 // ---------------------------------------------------------------- 15. admin metrics token
 
+/// The admin listener is a service of its own: it may bind a moment after the proxy port.
+async fn admin_listening(port: u16) {
+    let up = eventually(Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(
+        up,
+        "the admin listener on port {port} never accepted a connection"
+    );
+}
+
 #[tokio::test]
 async fn metrics_token_on_the_admin_listener() {
     let up = Recorder::start("up").await;
@@ -1649,6 +1666,7 @@ async fn metrics_token_on_the_admin_listener() {
         sha("metrics-secret")
     )));
     if let Some(gw) = with_token.try_start(&mut t, "metrics_token_sha256").await {
+        admin_listening(gw.admin_port).await;
         let r = send_raw(gw.admin_port, &metrics(None)).await;
         t.eq(
             r.status,
@@ -1669,6 +1687,7 @@ async fn metrics_token_on_the_admin_listener() {
     }
 
     let gw = public_conf(&up).server(&admin("")).start().await;
+    admin_listening(gw.admin_port).await;
     let r = send_raw(gw.admin_port, &metrics(None)).await;
     t.eq(
         r.status,

@@ -56,7 +56,11 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             .as_ref()
             .map(|i| [i.kind.as_str(), ":", i.subject.as_str()].concat()),
         method: req.method.clone(),
-        path: req.uri.path().to_string(),
+        // the canonical path when the request got that far, else what was received
+        path: match &ctx.view {
+            Some(v) => v.path.clone(),
+            None => req.uri.path().to_string(),
+        },
         route,
         upstream: upstream_name,
         backend: ctx.backend.as_ref().map(|b| b.0.addr),

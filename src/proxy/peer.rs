@@ -216,7 +216,10 @@ fn hash_key(session: &Session, ctx: &Ctx, key: &HashKey) -> Vec<u8> {
             Some(std::net::IpAddr::V6(a)) => a.octets().to_vec(),
             None => Vec::new(),
         },
-        HashKey::Path => req.uri.path().as_bytes().to_vec(),
+        HashKey::Path => match &ctx.view {
+            Some(v) => v.path.as_bytes().to_vec(),
+            None => req.uri.path().as_bytes().to_vec(),
+        },
         HashKey::Header(h) => req
             .headers
             .get(h)
