@@ -26,6 +26,10 @@ pub struct Snapshot {
     pub escaped_slashes: crate::routing::path::EscapedSlashes,
     /// `server.headers` (and the API-key header, which may appear only once).
     pub header_policy: crate::edge::headers::HeaderPolicy,
+    /// What this config changes that takes effect only on a restart or upgrade.
+    pub warnings: Vec<String>,
+    /// The config file's text as loaded (for `GET /admin/config`, redacted there).
+    pub config_text: Arc<str>,
     pub config: Config,
 }
 
@@ -89,6 +93,8 @@ pub struct Route {
     /// Unique among the routes (the name if one was given, else the whole match): the
     /// route's namespace in the cache, so two routes never share an entry.
     pub cache_id: Arc<str>,
+    /// Query parameters whose values the access log hides (`*`: all).
+    pub log_redact_query: Vec<String>,
     pub pattern: PathPattern,
     pub target: Target,
     pub strip_prefix: Option<String>,
@@ -226,6 +232,19 @@ pub fn build(
         &mut p,
     );
     let edge_limits = crate::edge::Limits::build(&cfg.server.limits, &mut p);
+    if let Some(crate::config::ReadinessUpstreams::List(list)) =
+        cfg.server.admin.as_ref().map(|a| &a.readiness.upstreams)
+    {
+        for (i, n) in list.iter().enumerate() {
+            if !cfg.upstreams.contains_key(n) {
+                let hint = crate::config::suggest(n, cfg.upstreams.keys().map(String::as_str));
+                p.push(
+                    format!("server.admin.readiness.upstreams[{i}]"),
+                    format!("unknown upstream `{n}`{hint}"),
+                );
+            }
+        }
+    }
     let server_ip = cfg
         .server
         .ip
@@ -391,7 +410,8 @@ pub fn build(
             Some(u) => Some(u.clone()),
             None => {
                 if !cfg.upstreams.contains_key(n) {
-                    p.push(path, format!("unknown upstream `{n}`"));
+                    let hint = crate::config::suggest(n, cfg.upstreams.keys().map(String::as_str));
+                    p.push(path, format!("unknown upstream `{n}`{hint}"));
                 }
                 None
             }
@@ -588,6 +608,7 @@ pub fn build(
         routes.push(Route {
             name: name.into(),
             cache_id: cache_id.into(),
+            log_redact_query: r.log_redact_query.clone(),
             pattern,
             target,
             strip_prefix: r.strip_prefix.clone(),
@@ -607,14 +628,19 @@ pub fn build(
     if !p.is_empty() {
         return Err(p.errors);
     }
-    if let Some(prev) = prev {
-        restart_warnings(&prev.config, cfg);
-    }
+    let mut warnings = match prev {
+        Some(prev) => restart_warnings(&prev.config, cfg),
+        None => Vec::new(),
+    };
     if prev.is_some() && crate::cache::needs_restart(&cfg.cache) {
-        log::warn!(
+        warnings.push(
             "cache.max_size, cache.max_object_size and the cache lock's age limit are read at \
              start-up: the running cache keeps them until the next restart or upgrade"
+                .to_string(),
         );
+    }
+    for w in &warnings {
+        log::warn!("{w}");
     }
     Ok(Snapshot {
         generation,
@@ -637,36 +663,41 @@ pub fn build(
             }
         },
         header_policy,
+        warnings,
+        config_text: src.text().into(),
         config: cfg.clone(),
     })
 }
 
 /// Listeners are bound once: say so when a reload changes them.
-fn restart_warnings(old: &Config, new: &Config) {
+fn restart_warnings(old: &Config, new: &Config) -> Vec<String> {
     let (o, n) = (&old.server, &new.server);
+    let mut w: Vec<&str> = Vec::new();
     if o.listen != n.listen {
-        log::warn!(
-            "server.listen changed: listeners are bound at start-up; restart or upgrade to apply"
-        );
+        w.push("server.listen changed: listeners are bound at start-up; restart or upgrade to apply");
     }
     if o.h2c != n.h2c {
-        log::warn!("server.h2c changed: it applies after a restart or upgrade");
+        w.push("server.h2c changed: it applies after a restart or upgrade");
     }
     if o.read_buffer != n.read_buffer {
-        log::warn!("server.read_buffer changed: it applies after a restart or upgrade");
+        w.push("server.read_buffer changed: it applies after a restart or upgrade");
+    }
+    if o.admin.as_ref().map(|a| &a.listen) != n.admin.as_ref().map(|a| &a.listen) {
+        w.push("server.admin.listen changed: the admin listener moves after a restart or upgrade");
     }
     match (&o.tls, &n.tls) {
         (None, Some(_)) => {
-            log::warn!("server.tls added: the TLS listener starts with the next restart or upgrade")
+            w.push("server.tls added: the TLS listener starts with the next restart or upgrade")
         }
-        (Some(_), None) => log::warn!(
+        (Some(_), None) => w.push(
             "server.tls removed: the TLS listener keeps serving its last certificates until \
-             the next restart or upgrade"
+             the next restart or upgrade",
         ),
-        (Some(a), Some(b)) if a.listen != b.listen => log::warn!(
+        (Some(a), Some(b)) if a.listen != b.listen => w.push(
             "server.tls.listen changed: it applies after a restart or upgrade (certificates \
-             are already reloaded)"
+             are already reloaded)",
         ),
         _ => {}
     }
+    w.into_iter().map(str::to_string).collect()
 }

@@ -1,6 +1,8 @@
 //! The admin listener: `/healthz`, `/readyz`, and the token-protected `/admin/` API.
 //! A separate Pingora service, loopback by default, apart from client traffic.
 
+mod redact;
+
 use crate::runtime::Runtime;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -131,8 +133,13 @@ impl AdminApp {
             };
             json!({ "min_version": min, "certificates": certs })
         });
+        let last_reload = self.runtime.last_reload.lock().clone().map(|r| {
+            json!({ "at_unix": r.at_unix, "ok": r.ok, "generation": r.generation,
+                    "errors": r.errors, "warnings": r.warnings })
+        });
         json!({
             "generation": snap.generation,
+            "last_reload": last_reload,
             "uptime_seconds": self.runtime.started.elapsed().as_secs(),
             "routes": routes,
             "upstreams": upstreams,
@@ -193,20 +200,58 @@ impl AdminApp {
     }
 
     fn readyz(&self) -> Response<Vec<u8>> {
+        use crate::config::{ReadinessKeyword, ReadinessUpstreams};
         let snap = self.runtime.snapshot();
+        let rc = snap
+            .config
+            .server
+            .admin
+            .as_ref()
+            .map(|a| a.readiness.clone())
+            .unwrap_or_default();
+        let gates = |name: &str| match &rc.upstreams {
+            ReadinessUpstreams::Keyword(ReadinessKeyword::All) => true,
+            ReadinessUpstreams::Keyword(ReadinessKeyword::None) => false,
+            ReadinessUpstreams::List(l) => l.iter().any(|n| n == name),
+        };
         let mut ready = true;
-        let detail: serde_json::Map<String, Value> = snap
+        let mut why: Vec<String> = Vec::new();
+        let upstreams: serde_json::Map<String, Value> = snap
             .upstreams
             .iter()
             .map(|(name, u)| {
                 let healthy = u.healthy_count();
-                if healthy == 0 {
+                let gating = gates(name);
+                if healthy == 0 && gating {
                     ready = false;
+                    why.push(format!("upstream `{name}` has no healthy backend"));
                 }
                 (
                     name.clone(),
-                    json!({ "healthy_backends": healthy, "ready": healthy > 0 }),
+                    json!({ "healthy_backends": healthy, "ready": healthy > 0, "gates_readiness": gating }),
                 )
+            })
+            .collect();
+        let issuers: serde_json::Map<String, Value> = snap
+            .auth
+            .issuers
+            .iter()
+            .filter_map(|i| match &i.keys {
+                crate::auth::jwt::KeySource::Jwks(src) => {
+                    let loaded = src.loaded();
+                    if !loaded && rc.jwks {
+                        ready = false;
+                        why.push(format!(
+                            "issuer `{}`: its JWKS ({}) has not been loaded",
+                            i.name, src.url
+                        ));
+                    }
+                    Some((
+                        i.name.to_string(),
+                        json!({ "jwks_loaded": loaded, "keys": src.key_count(), "gates_readiness": rc.jwks }),
+                    ))
+                }
+                crate::auth::jwt::KeySource::Static(_) => None,
             })
             .collect();
         let status = if ready {
@@ -216,7 +261,8 @@ impl AdminApp {
         };
         reply(
             status,
-            json!({ "ready": ready, "generation": snap.generation, "upstreams": detail }),
+            json!({ "ready": ready, "generation": snap.generation, "not_ready_because": why,
+                    "upstreams": upstreams, "issuers": issuers }),
         )
     }
 
@@ -458,10 +504,15 @@ impl AdminApp {
         }
         match (method, path) {
             (&Method::GET, "/admin/status") => reply(StatusCode::OK, self.status()),
+            (&Method::GET, "/admin/config") => reply(
+                StatusCode::OK,
+                redact::running_config(&self.runtime.snapshot().config_text),
+            ),
             (&Method::POST, "/admin/reload") => match reload_and_log(&self.runtime).await {
                 Ok(o) => reply(
                     StatusCode::OK,
-                    json!({ "generation": o.generation, "routes": o.routes, "millis": o.millis }),
+                    json!({ "generation": o.generation, "routes": o.routes, "millis": o.millis,
+                            "warnings": o.warnings }),
                 ),
                 Err(errs) => {
                     let list: Vec<String> = errs.iter().map(|e| e.to_string()).collect();

@@ -92,6 +92,11 @@ pub struct Source {
 }
 
 impl Source {
+    /// The file's text as loaded.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     pub fn index(&self) -> &LineIndex {
         self.index.get_or_init(|| LineIndex::build(&self.text))
     }
@@ -110,6 +115,79 @@ pub fn load_file(path: &Path) -> Result<Source, ConfigErrors> {
     parse_str(&file, &text)
 }
 
+/// `; did you mean `x`?` when one of `candidates` is close to `name` (edit distance at most
+/// a third of the name, and at least 1); empty otherwise.
+pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    let limit = (name.chars().count() / 3).max(1);
+    let best = candidates
+        .into_iter()
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d);
+    match best {
+        Some((_, c)) => format!("; did you mean `{c}`?"),
+        None => String::new(),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// For "duplicate key `k`" / "duplicate field `k`", serde_yaml points at the first
+/// occurrence (or the mapping); the line to fix is the repeat: the second line at the same
+/// indentation from there that starts with `k:`.
+fn duplicate_line(text: &str, message: &str, line: usize) -> Option<usize> {
+    let key = message
+        .strip_prefix("duplicate key `")
+        .or_else(|| message.strip_prefix("duplicate field `"))?
+        .split('`')
+        .next()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let starts = |l: &str| {
+        let t = l.trim_start().trim_start_matches("- ");
+        t.strip_prefix(key)
+            .or_else(|| t.strip_prefix(&format!("\"{key}\"")))
+            .is_some_and(|r| r.trim_start().starts_with(':'))
+    };
+    let first = (line.saturating_sub(1)..lines.len()).find(|&i| starts(lines[i]))?;
+    let indent = lines[first].len() - lines[first].trim_start().len();
+    (first + 1..lines.len())
+        .take_while(|&i| {
+            let l = lines[i];
+            l.trim().is_empty() || l.len() - l.trim_start().len() >= indent
+        })
+        .find(|&i| starts(lines[i]) && lines[i].len() - lines[i].trim_start().len() == indent)
+        .map(|i| i + 1)
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" gains a suggestion.
+fn with_key_suggestion(message: String) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message;
+    };
+    let Some((field, tail)) = rest.split_once('`') else {
+        return message;
+    };
+    let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+    let hint = suggest(field, expected);
+    if hint.is_empty() {
+        message
+    } else {
+        [message.as_str(), &hint].concat()
+    }
+}
+
 pub fn parse_str(file: &str, text: &str) -> Result<Source, ConfigErrors> {
     let config: Config = match serde_yaml::from_str(text) {
         Ok(c) => c,
@@ -126,6 +204,8 @@ pub fn parse_str(file: &str, text: &str) -> Result<Source, ConfigErrors> {
                 Some((p, m)) if !p.contains(' ') => (p.to_string(), m.to_string()),
                 _ => (String::new(), msg),
             };
+            let message = with_key_suggestion(message);
+            let line = line.map(|l| duplicate_line(text, &message, l).unwrap_or(l));
             return Err(ConfigErrors(vec![ConfigError {
                 file: file.to_string(),
                 path,
@@ -145,6 +225,25 @@ pub fn parse_str(file: &str, text: &str) -> Result<Source, ConfigErrors> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duplicate_is_reported_where_it_repeats() {
+        let text = "upstreams:\n  a: { backends: [{ addr: \"127.0.0.1:1\" }] }\n  b: { backends: [] }\n  a: { backends: [] }\n";
+        let err = parse_str("t.yaml", text).err().unwrap();
+        assert_eq!(err.0[0].line, Some(4), "{}", err.0[0]);
+        let text = "upstreams:\n  a: { backends: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n  - match: { path: /a }\n    upstream: a\n    upstream: a\n";
+        let err = parse_str("t.yaml", text).err().unwrap();
+        assert_eq!(err.0[0].line, Some(6), "{}", err.0[0]);
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggest("ordrs", ["orders", "users"]), "; did you mean `orders`?");
+        assert_eq!(suggest("zzz", ["orders", "users"]), "");
+        let text = "upstreams:\n  a:\n    backends: [{ addr: \"127.0.0.1:1\" }]\nroutes:\n  - match: { path: /a }\n    upstream: a\n    rate_limt: []\n";
+        let err = parse_str("t.yaml", text).err().unwrap();
+        assert!(err.0[0].message.contains("did you mean `rate_limit`?"), "{}", err.0[0]);
+    }
 
     #[test]
     fn unknown_key_names_path_and_line() {

@@ -667,6 +667,51 @@ pub struct AdminConfig {
     /// addresses). Without it `/metrics` is open to whoever reaches the admin listener.
     #[serde(default)]
     pub metrics_token_sha256: Option<String>,
+    /// What `/readyz` waits for.
+    #[serde(default)]
+    pub readiness: ReadinessConfig,
+}
+
+/// `server.admin.readiness`: which dependencies gate `/readyz`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReadinessConfig {
+    /// `all` (default: every upstream needs a healthy backend), `none`, or a list of names.
+    #[serde(default)]
+    pub upstreams: ReadinessUpstreams,
+    /// Every JWKS issuer must have loaded its keys (default true).
+    #[serde(default = "default_true")]
+    pub jwks: bool,
+}
+
+impl Default for ReadinessConfig {
+    fn default() -> Self {
+        ReadinessConfig {
+            upstreams: ReadinessUpstreams::default(),
+            jwks: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ReadinessUpstreams {
+    /// `all` or `none`.
+    Keyword(ReadinessKeyword),
+    List(Vec<String>),
+}
+
+impl Default for ReadinessUpstreams {
+    fn default() -> Self {
+        ReadinessUpstreams::Keyword(ReadinessKeyword::All)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadinessKeyword {
+    All,
+    None,
 }
 
 fn default_admin_listen() -> String {
@@ -1122,6 +1167,10 @@ pub struct RouteConfig {
     /// auth, so the method alone would choose who may call it.
     #[serde(default)]
     pub method_fallthrough: bool,
+    /// Query parameters whose values the access log replaces with `REDACTED` (`"*"`: all).
+    /// An API key sent as a query parameter never reaches the log.
+    #[serde(default)]
+    pub log_redact_query: Vec<String>,
     #[serde(default)]
     pub auth: Option<RouteAuthConfig>,
     /// Rate-limit policies (names under `rate_limits.policies`); all must pass.

@@ -191,6 +191,9 @@ pub fn on_response(session: &mut Session, resp: &ResponseHeader, ctx: &mut Ctx) 
         let d = t.elapsed();
         ctx.upstream_us = Some(d.as_micros() as u64);
         upstream.metrics.duration.observe(d.as_secs_f64());
+        if let Some(b) = &ctx.backend {
+            b.0.metrics.duration.observe(d.as_secs_f64());
+        }
     }
     if upstream.is_failure_status(status) {
         attempt::record_failure(ctx);
