@@ -674,7 +674,9 @@ fn restart_warnings(old: &Config, new: &Config) -> Vec<String> {
     let (o, n) = (&old.server, &new.server);
     let mut w: Vec<&str> = Vec::new();
     if o.listen != n.listen {
-        w.push("server.listen changed: listeners are bound at start-up; restart or upgrade to apply");
+        w.push(
+            "server.listen changed: listeners are bound at start-up; restart or upgrade to apply",
+        );
     }
     if o.h2c != n.h2c {
         w.push("server.h2c changed: it applies after a restart or upgrade");

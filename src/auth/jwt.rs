@@ -25,6 +25,7 @@ pub struct Issuer {
     validation: Validation,
     forward: Vec<(String, HeaderName)>,
     tier_claim: Option<String>,
+    scope_claims: Vec<String>,
     pub leeway: u64,
 }
 
@@ -241,6 +242,7 @@ impl Issuer {
             validation,
             forward,
             tier_claim: c.tier_claim.clone(),
+            scope_claims: c.scope_claims.clone(),
             leeway,
         })
     }
@@ -324,10 +326,7 @@ impl Issuer {
             }
         };
         let mut scopes: Vec<String> = Vec::new();
-        if let Some(Value::String(s)) = claims.get("scope") {
-            scopes.extend(s.split_whitespace().map(str::to_string));
-        }
-        for k in ["scp", "scopes"] {
+        for k in &self.scope_claims {
             match claims.get(k) {
                 Some(Value::Array(a)) => {
                     scopes.extend(a.iter().filter_map(|v| v.as_str().map(str::to_string)))

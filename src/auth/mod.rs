@@ -255,8 +255,10 @@ impl Auth {
                 // an issuer that is configured but failed to build has its own error
                 None if self.config.jwt.iter().any(|j| &j.name == name) => {}
                 None => {
-                    let hint =
-                        crate::config::suggest(name, self.config.jwt.iter().map(|j| j.name.as_str()));
+                    let hint = crate::config::suggest(
+                        name,
+                        self.config.jwt.iter().map(|j| j.name.as_str()),
+                    );
                     p.push(
                         format!("{base}.jwt"),
                         format!("unknown JWT issuer `{name}`{hint}"),

@@ -130,18 +130,30 @@ pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     }
 }
 
+/// Edit distance with adjacent transpositions counted as one edit (`crop` → `corp`: 1).
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// For "duplicate key `k`" / "duplicate field `k`", serde_yaml points at the first
@@ -238,11 +250,18 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(suggest("ordrs", ["orders", "users"]), "; did you mean `orders`?");
+        assert_eq!(
+            suggest("ordrs", ["orders", "users"]),
+            "; did you mean `orders`?"
+        );
         assert_eq!(suggest("zzz", ["orders", "users"]), "");
         let text = "upstreams:\n  a:\n    backends: [{ addr: \"127.0.0.1:1\" }]\nroutes:\n  - match: { path: /a }\n    upstream: a\n    rate_limt: []\n";
         let err = parse_str("t.yaml", text).err().unwrap();
-        assert!(err.0[0].message.contains("did you mean `rate_limit`?"), "{}", err.0[0]);
+        assert!(
+            err.0[0].message.contains("did you mean `rate_limit`?"),
+            "{}",
+            err.0[0]
+        );
     }
 
     #[test]

@@ -281,6 +281,14 @@ pub struct JwtIssuerConfig {
     /// that way can be replaced by anyone on the path: off by default.
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// Claims that carry the token's scopes: space-separated strings or arrays (Auth0 puts
+    /// them in `permissions`).
+    #[serde(default = "default_scope_claims")]
+    pub scope_claims: Vec<String>,
+}
+
+fn default_scope_claims() -> Vec<String> {
+    ["scope", "scp", "scopes"].map(String::from).to_vec()
 }
 
 fn default_jwks_refresh() -> Dur {

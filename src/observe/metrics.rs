@@ -223,9 +223,9 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
     // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ...
     #[cfg(target_os = "linux")]
     {
-        let _ = m
-            .registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        let _ = m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
     }
     m.build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])

@@ -68,7 +68,11 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         },
         query: ctx.view.as_ref().and_then(|v| {
             let q = v.query.as_deref()?;
-            let key_param = snap.auth.api_keys.as_ref().and_then(|k| k.query_param.as_deref());
+            let key_param = snap
+                .auth
+                .api_keys
+                .as_ref()
+                .and_then(|k| k.query_param.as_deref());
             let redact = ctx.route().map_or(&[][..], |r| &r.log_redact_query[..]);
             Some(logged_query(q, key_param, redact))
         }),
@@ -132,9 +136,16 @@ mod tests {
         let r = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(logged_query("a=1&b=2", None, &[]), "a=1&b=2");
         assert_eq!(
-            logged_query("a=1&api_key=s3cr3t&token=t", Some("api_key"), &r(&["token"])),
+            logged_query(
+                "a=1&api_key=s3cr3t&token=t",
+                Some("api_key"),
+                &r(&["token"])
+            ),
             "a=1&token=REDACTED"
         );
-        assert_eq!(logged_query("a=1&flag", None, &r(&["*"])), "a=REDACTED&flag");
+        assert_eq!(
+            logged_query("a=1&flag", None, &r(&["*"])),
+            "a=REDACTED&flag"
+        );
     }
 }
