@@ -200,30 +200,86 @@ fn with_key_suggestion(message: String) -> String {
     }
 }
 
+/// serde_yaml's error as (key path, message, line): it prefixes the path ("routes[0].match:
+/// unknown field ...") and appends " at line L column C".
+fn split_yaml_error(e: &serde_yaml::Error, text: &str) -> (String, String, Option<usize>) {
+    let line = e.location().map(|l| l.line());
+    let msg = e.to_string();
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    };
+    let (path, message) = match msg.split_once(": ") {
+        Some((p, m)) if !p.contains(' ') => (p.to_string(), m.to_string()),
+        _ => (String::new(), msg),
+    };
+    let message = with_key_suggestion(message);
+    let line = line.map(|l| duplicate_line(text, &message, l).unwrap_or(l));
+    (path, message, line)
+}
+
+/// serde stops at the first structural error. When the file is valid YAML, each route and
+/// each upstream is read again on its own, so that one `-t` lists the problems of all of
+/// them (lines from the key-path index).
+fn more_structure_errors(file: &str, text: &str, first: &ConfigError) -> Vec<ConfigError> {
+    let Ok(root) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+        return Vec::new();
+    };
+    let index = LineIndex::build(text);
+    let mut out = Vec::new();
+    let mut note = |base: String, e: serde_yaml::Error| {
+        let (sub, message, _) = split_yaml_error(&e, text);
+        let path = if sub.is_empty() {
+            base
+        } else {
+            [base.as_str(), ".", sub.as_str()].concat()
+        };
+        let line = index.line_of(&path);
+        if line == first.line && message == first.message {
+            return;
+        }
+        out.push(ConfigError {
+            file: file.to_string(),
+            path,
+            line,
+            message,
+        });
+    };
+    if let Some(routes) = root.get("routes").and_then(|r| r.as_sequence()) {
+        for (i, r) in routes.iter().enumerate() {
+            if let Err(e) = serde_yaml::from_value::<RouteConfig>(r.clone()) {
+                note(format!("routes[{i}]"), e);
+            }
+        }
+    }
+    if let Some(ups) = root.get("upstreams").and_then(|u| u.as_mapping()) {
+        for (k, u) in ups {
+            if let (Some(name), Err(e)) = (
+                k.as_str(),
+                serde_yaml::from_value::<UpstreamConfig>(u.clone()),
+            ) {
+                note(format!("upstreams.{name}"), e);
+            }
+        }
+    }
+    out
+}
+
 pub fn parse_str(file: &str, text: &str) -> Result<Source, ConfigErrors> {
     let config: Config = match serde_yaml::from_str(text) {
         Ok(c) => c,
         Err(e) => {
-            let line = e.location().map(|l| l.line());
-            let msg = e.to_string();
-            // serde_yaml appends " at line L column C"; the line is shown up front already.
-            let msg = match msg.rfind(" at line ") {
-                Some(i) => msg[..i].to_string(),
-                None => msg,
-            };
-            // serde_yaml prefixes the key path: "routes[0].match: unknown field ..."
-            let (path, message) = match msg.split_once(": ") {
-                Some((p, m)) if !p.contains(' ') => (p.to_string(), m.to_string()),
-                _ => (String::new(), msg),
-            };
-            let message = with_key_suggestion(message);
-            let line = line.map(|l| duplicate_line(text, &message, l).unwrap_or(l));
-            return Err(ConfigErrors(vec![ConfigError {
+            let (path, message, line) = split_yaml_error(&e, text);
+            let first = ConfigError {
                 file: file.to_string(),
                 path,
                 line,
                 message,
-            }]));
+            };
+            let more = more_structure_errors(file, text, &first);
+            let mut all = vec![first];
+            all.extend(more);
+            return Err(ConfigErrors(all));
         }
     };
     Ok(Source {
@@ -246,6 +302,21 @@ mod tests {
         let text = "upstreams:\n  a: { backends: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n  - match: { path: /a }\n    upstream: a\n    upstream: a\n";
         let err = parse_str("t.yaml", text).err().unwrap();
         assert_eq!(err.0[0].line, Some(6), "{}", err.0[0]);
+    }
+
+    #[test]
+    fn every_route_with_a_structure_error_is_listed() {
+        let text = "upstreams:\n  a: { backends: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n  - match: { path: /a, bogus: 1 }\n    upstream: a\n  - match: { path: /b }\n    upstream: a\n  - match: { path: /c }\n    upstrem: a\n";
+        let err = parse_str("t.yaml", text).err().unwrap();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert_eq!(err.0[0].line, Some(4), "{}", err.0[0]);
+        assert!(err.0[1].path.starts_with("routes[2]"), "{}", err.0[1]);
+        assert_eq!(err.0[1].line, Some(8), "{}", err.0[1]);
+        assert!(
+            err.0[1].message.contains("did you mean `upstream`?"),
+            "{}",
+            err.0[1]
+        );
     }
 
     #[test]
