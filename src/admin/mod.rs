@@ -2,6 +2,7 @@
 //! A separate Pingora service, loopback by default, apart from client traffic.
 
 mod redact;
+mod ui;
 
 use crate::runtime::Runtime;
 use async_trait::async_trait;
@@ -57,6 +58,45 @@ pub async fn reload_and_log(
 }
 
 /// Constant-time check of `Authorization: Bearer <token>` against the configured digest.
+/// Totals for the status page's charts (it takes the differences between polls): requests,
+/// 5xx answers, and the request-duration histogram summed over routes (`[le, count]`,
+/// cumulative, as Prometheus keeps it).
+fn traffic() -> Value {
+    let mut requests = 0.0;
+    let mut errors = 0.0;
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for mf in crate::observe::metrics::METRICS.registry.gather() {
+        match mf.name() {
+            "portcullis_requests_total" => {
+                for m in mf.get_metric() {
+                    let v = m.get_counter().value();
+                    requests += v;
+                    let server_error = m
+                        .get_label()
+                        .iter()
+                        .any(|l| l.name() == "status" && l.value().starts_with('5'));
+                    if server_error {
+                        errors += v;
+                    }
+                }
+            }
+            "portcullis_request_duration_seconds" => {
+                for m in mf.get_metric() {
+                    for (i, b) in m.get_histogram().get_bucket().iter().enumerate() {
+                        match buckets.get_mut(i) {
+                            Some(slot) => slot.1 += b.cumulative_count() as f64,
+                            None => buckets.push((b.upper_bound(), b.cumulative_count() as f64)),
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let buckets: Vec<Value> = buckets.into_iter().map(|(le, c)| json!([le, c])).collect();
+    json!({ "requests": requests, "errors_5xx": errors, "latency_buckets": buckets })
+}
+
 fn authorized(session: &ServerSession, digest_hex: &str) -> bool {
     let Some(h) = session.get_header(http::header::AUTHORIZATION) else {
         return false;
@@ -139,6 +179,7 @@ impl AdminApp {
         });
         json!({
             "generation": snap.generation,
+            "traffic": traffic(),
             "last_reload": last_reload,
             "uptime_seconds": self.runtime.started.elapsed().as_secs(),
             "routes": routes,
@@ -547,6 +588,7 @@ impl ServeHttp for AdminApp {
                 json!({ "status": "ok", "pid": std::process::id(), "generation": self.runtime.generation() }),
             ),
             (&Method::GET, "/readyz") => self.readyz(),
+            (&Method::GET, "/ui") => ui::page(),
             (&Method::GET, "/metrics") => {
                 if self.metrics_allowed(session) {
                     self.metrics()
