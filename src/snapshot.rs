@@ -232,6 +232,31 @@ pub fn build(
         &mut p,
     );
     let edge_limits = crate::edge::Limits::build(&cfg.server.limits, &mut p);
+    if let Some(t) = &cfg.tracing {
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            p.push("tracing.sample_ratio", "must be between 0 and 1");
+        }
+        match t.otlp_endpoint.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
+            Ok(u) if u.scheme_str() == Some("https") => p.push(
+                "tracing.otlp_endpoint",
+                "https collectors are not supported yet: use an http:// endpoint (a local \
+                 collector or sidecar)",
+            ),
+            _ => p.push(
+                "tracing.otlp_endpoint",
+                format!("`{}` is not an http:// URL", t.otlp_endpoint),
+            ),
+        }
+        if t.queue == 0 {
+            p.push("tracing.queue", "must be at least 1");
+        }
+        for k in t.headers.keys() {
+            if HeaderName::from_bytes(k.as_bytes()).is_err() {
+                p.push(format!("tracing.headers.{k}"), "not a valid header name");
+            }
+        }
+    }
     if let Some(crate::config::ReadinessUpstreams::List(list)) =
         cfg.server.admin.as_ref().map(|a| &a.readiness.upstreams)
     {

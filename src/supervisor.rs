@@ -24,10 +24,27 @@ pub struct Supervisor {
     pub phases: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
 }
 
+impl Supervisor {
+    /// The OTLP exporter thread: idle until a config with `tracing` sends it spans. Its queue
+    /// size is read here, at start-up; endpoint, headers and sampling follow reloads.
+    fn start_trace_exporter(&self) {
+        let queue = self
+            .runtime
+            .snapshot()
+            .config
+            .tracing
+            .as_ref()
+            .map_or(4096, |t| t.queue);
+        let runtime = self.runtime.clone();
+        crate::observe::otlp::start(queue, move || runtime.snapshot().config.tracing.clone());
+    }
+}
+
 #[async_trait]
 impl BackgroundService for Supervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         crate::observe::access_log::start(self.runtime.clone());
+        self.start_trace_exporter();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {

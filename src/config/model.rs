@@ -18,6 +18,9 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     #[serde(default)]
     pub access_log: AccessLogConfig,
+    /// OpenTelemetry traces over OTLP/HTTP (protobuf); absent: no spans, no cost.
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
     #[serde(default)]
     pub cache: CacheConfig,
     #[serde(default)]
@@ -87,6 +90,38 @@ pub struct RouteCacheConfig {
 
 fn default_cache_statuses() -> Vec<u16> {
     vec![200, 203, 204, 301, 404]
+}
+
+/// `tracing`: where spans go and which requests make them. Reloadable.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub otlp_endpoint: String,
+    /// Share of new traces (requests without a sampled parent) that are recorded, 0..=1.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// Follow the caller's `traceparent` sampling flag when there is one (default).
+    #[serde(default = "default_true")]
+    pub parent_based: bool,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Extra HTTP headers on every export (e.g. an API key of a hosted collector).
+    #[serde(default, deserialize_with = "super::unique::map")]
+    pub headers: BTreeMap<String, String>,
+    /// Finished requests waiting for export; beyond it spans are dropped and counted.
+    #[serde(default = "default_trace_queue")]
+    pub queue: usize,
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+fn default_service_name() -> String {
+    "portcullis".to_string()
+}
+fn default_trace_queue() -> usize {
+    4096
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -41,6 +41,9 @@ pub struct Metrics {
     pub backend_duration: HistogramVec,
     /// Credentials naming a rate-limit tier the config does not have.
     pub unknown_tiers: IntCounter,
+    /// Trace spans sent to the collector, and those dropped (queue full, export failed).
+    pub spans_exported: IntCounter,
+    pub spans_dropped: IntCounterVec,
 }
 
 // Definitions are constants: a bad one fails the first test that records a metric.
@@ -217,6 +220,17 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
             &r,
             "portcullis_ratelimit_unknown_tier_total",
             "Requests whose credential named a tier absent from rate_limits.tiers",
+        ),
+        spans_exported: counter(
+            &r,
+            "portcullis_tracing_spans_exported_total",
+            "Trace spans accepted by the OTLP collector",
+        ),
+        spans_dropped: counter_vec(
+            &r,
+            "portcullis_tracing_spans_dropped_total",
+            "Trace spans dropped, by reason (queue_full, export_failed, disabled)",
+            &["reason"],
         ),
         registry: r,
     };

@@ -2,5 +2,6 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod otlp;
 pub mod request_id;
 pub mod trace;

@@ -47,6 +47,15 @@ pub struct Ctx {
     pub trace_id: String,
     /// The `traceparent` sent upstream.
     pub traceparent: String,
+    /// This hop's span id, and the caller's (from its `traceparent`).
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    /// The caller's sampling flag, when it sent a `traceparent`.
+    pub trace_sampled: Option<bool>,
+    /// This request's spans are exported (`tracing` is configured and sampling chose it).
+    pub traced: bool,
+    /// Upstream attempts, recorded only when `traced`.
+    pub attempts: Vec<crate::observe::otlp::Attempt>,
     /// Counted in the in-flight gauge.
     pub in_flight: bool,
     /// When the current upstream attempt started.
@@ -93,6 +102,11 @@ impl Default for Ctx {
             rate_limit: None,
             trace_id: String::new(),
             traceparent: String::new(),
+            span_id: [0; 8],
+            parent_span_id: None,
+            trace_sampled: None,
+            traced: false,
+            attempts: Vec::new(),
             in_flight: false,
             upstream_start: None,
             upstream_us: None,

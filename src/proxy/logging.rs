@@ -23,6 +23,9 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         .or(ctx.final_status)
         .unwrap_or(if e.is_some() { 502 } else { 0 });
     let elapsed = ctx.start.elapsed();
+    if ctx.traced {
+        export_spans(session, status, elapsed, ctx);
+    }
     let req = session.req_header();
     let route = ctx.route();
     let upstream_name = ctx.upstream.as_ref().map(|u| u.name.clone());
@@ -95,6 +98,90 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             (None, Some(e)) => Some(e.etype().as_str().to_string()),
             (None, None) => None,
         },
+    });
+}
+
+/// The server span of a traced request and its upstream attempts, to the OTLP exporter.
+fn export_spans(session: &Session, status: u16, elapsed: std::time::Duration, ctx: &mut Ctx) {
+    use crate::observe::otlp::{self, RequestSpans, Value};
+    let end = SystemTime::now();
+    let mut attempts = std::mem::take(&mut ctx.attempts);
+    let ctx: &Ctx = ctx;
+    let req = session.req_header();
+    let route = ctx.route();
+    let mut attributes: Vec<(&'static str, Value)> = vec![
+        (
+            "http.request.method",
+            Value::Str(req.method.as_str().to_string()),
+        ),
+        ("http.response.status_code", Value::Int(i64::from(status))),
+    ];
+    if let Some(v) = &ctx.view {
+        attributes.push(("url.path", Value::Str(v.path.clone())));
+        attributes.push(("server.address", Value::Str(v.authority.clone())));
+    }
+    if let Some(r) = route {
+        attributes.push(("http.route", Value::Str(r.name.to_string())));
+    }
+    if let Some(ip) = ctx.client_ip {
+        attributes.push(("client.address", Value::Str(ip.to_string())));
+    }
+    let auth = match (&ctx.identity, ctx.reject.as_ref().map(|r| r.code)) {
+        (Some(_), _) => "authenticated",
+        (None, Some("unauthorized" | "invalid_token")) => "refused",
+        (None, Some("insufficient_scope")) => "forbidden",
+        _ if route.is_some_and(|r| r.auth.is_some()) => "not_reached",
+        _ => "none",
+    };
+    attributes.push(("portcullis.auth", Value::Str(auth.into())));
+    if let Some(id) = &ctx.identity {
+        attributes.push(("enduser.id", Value::Str(id.subject.clone())));
+    }
+    if let Some(rl) = &ctx.rate_limit {
+        let decision = if rl.retry_after.is_some() {
+            "limited"
+        } else {
+            "allowed"
+        };
+        attributes.push(("portcullis.rate_limit", Value::Str(decision.into())));
+        attributes.push((
+            "portcullis.rate_limit.policy",
+            Value::Str(rl.policy.to_string()),
+        ));
+    }
+    if let Some(c) = ctx.cache_status {
+        attributes.push(("portcullis.cache", Value::Str(c.into())));
+    }
+    if let Some(r) = &ctx.reject {
+        attributes.push(("error.type", Value::Str(r.code.into())));
+    }
+    if let Some(last) = attempts.last_mut().filter(|a| a.end.is_none()) {
+        last.end = Some(end);
+        if status >= 500 {
+            last.error = Some(ctx.last_failure.map_or("error", |f| f.label()));
+        }
+    }
+    let tracestate = req
+        .headers
+        .get("tracestate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let name = match route {
+        Some(r) => [req.method.as_str(), " ", &r.name].concat(),
+        None => req.method.as_str().to_string(),
+    };
+    otlp::submit(RequestSpans {
+        trace_id: crate::observe::trace::trace_id_bytes(&ctx.trace_id),
+        server_span_id: ctx.span_id,
+        parent_span_id: ctx.parent_span_id,
+        name,
+        start: end - elapsed,
+        end,
+        error: status >= 500,
+        attributes,
+        tracestate,
+        attempts,
     });
 }
 

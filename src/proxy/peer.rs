@@ -101,6 +101,22 @@ pub async fn choose(session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer
     ctx.tried.push(selected.state.addr);
     ctx.attempt_recorded = false;
     ctx.upstream_start = Some(Instant::now());
+    if ctx.traced {
+        let now = std::time::SystemTime::now();
+        // the previous attempt (if any) ended in a failure that led to this one
+        if let Some(prev) = ctx.attempts.last_mut().filter(|a| a.end.is_none()) {
+            prev.end = Some(now);
+            prev.error = Some(ctx.last_failure.map_or("error", |f| f.label()));
+        }
+        ctx.attempts.push(crate::observe::otlp::Attempt {
+            backend: selected.state.addr.to_string(),
+            retry: ctx.retries,
+            start: now,
+            end: None,
+            status: None,
+            error: None,
+        });
+    }
     let peer = if session.is_upgrade_req() {
         // a WebSocket lives as long as it is not idle: `websocket_idle` bounds the
         // silence on both sides instead of the read and total timeouts
@@ -194,6 +210,10 @@ pub fn on_response(session: &mut Session, resp: &ResponseHeader, ctx: &mut Ctx) 
         if let Some(b) = &ctx.backend {
             b.0.metrics.duration.observe(d.as_secs_f64());
         }
+    }
+    if let Some(a) = ctx.attempts.last_mut().filter(|a| a.end.is_none()) {
+        a.end = Some(std::time::SystemTime::now());
+        a.status = Some(status);
     }
     if upstream.is_failure_status(status) {
         attempt::record_failure(ctx);

@@ -17,21 +17,25 @@ pub async fn begin(runtime: &Runtime, session: &mut Session, ctx: &mut Ctx) -> R
     ctx.start = Instant::now();
     crate::observe::metrics::METRICS.in_flight.inc();
     ctx.in_flight = true;
-    let (trace_id, traceparent) = crate::observe::trace::next(
+    let tc = crate::observe::trace::next(
         session
             .req_header()
             .headers
             .get("traceparent")
             .map(|v| v.as_bytes()),
     );
-    ctx.trace_id = trace_id;
-    ctx.traceparent = traceparent;
+    ctx.trace_id = tc.trace_id;
+    ctx.traceparent = tc.traceparent;
+    ctx.span_id = tc.span_id;
+    ctx.parent_span_id = tc.parent_span_id;
+    ctx.trace_sampled = tc.parent_sampled;
     let incoming = session.req_header().headers.get("x-request-id");
     ctx.request_id = match incoming {
         Some(v) if request_id::is_valid(v.as_bytes()) => v.to_str().unwrap_or_default().to_string(),
         _ => request_id::generate(),
     };
     let snap = runtime.snapshot();
+    ctx.traced = crate::observe::otlp::sample(snap.config.tracing.as_ref(), ctx.trace_sampled);
     ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     if let Some(peer) = session
         .client_addr()
