@@ -232,44 +232,8 @@ pub fn build(
         &mut p,
     );
     let edge_limits = crate::edge::Limits::build(&cfg.server.limits, &mut p);
-    if let Some(t) = &cfg.tracing {
-        if !(0.0..=1.0).contains(&t.sample_ratio) {
-            p.push("tracing.sample_ratio", "must be between 0 and 1");
-        }
-        match t.otlp_endpoint.parse::<http::Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
-            Ok(u) if u.scheme_str() == Some("https") => p.push(
-                "tracing.otlp_endpoint",
-                "https collectors are not supported yet: use an http:// endpoint (a local \
-                 collector or sidecar)",
-            ),
-            _ => p.push(
-                "tracing.otlp_endpoint",
-                format!("`{}` is not an http:// URL", t.otlp_endpoint),
-            ),
-        }
-        if t.queue == 0 {
-            p.push("tracing.queue", "must be at least 1");
-        }
-        for k in t.headers.keys() {
-            if HeaderName::from_bytes(k.as_bytes()).is_err() {
-                p.push(format!("tracing.headers.{k}"), "not a valid header name");
-            }
-        }
-    }
-    if let Some(crate::config::ReadinessUpstreams::List(list)) =
-        cfg.server.admin.as_ref().map(|a| &a.readiness.upstreams)
-    {
-        for (i, n) in list.iter().enumerate() {
-            if !cfg.upstreams.contains_key(n) {
-                let hint = crate::config::suggest(n, cfg.upstreams.keys().map(String::as_str));
-                p.push(
-                    format!("server.admin.readiness.upstreams[{i}]"),
-                    format!("unknown upstream `{n}`{hint}"),
-                );
-            }
-        }
-    }
+    check_tracing(cfg, &mut p);
+    check_readiness(cfg, &mut p);
     let server_ip = cfg
         .server
         .ip
@@ -692,6 +656,52 @@ pub fn build(
         config_text: src.text().into(),
         config: cfg.clone(),
     })
+}
+
+/// `server.admin.readiness.upstreams` names upstreams that exist.
+fn check_readiness(cfg: &Config, p: &mut Problems) {
+    if let Some(crate::config::ReadinessUpstreams::List(list)) =
+        cfg.server.admin.as_ref().map(|a| &a.readiness.upstreams)
+    {
+        for (i, n) in list.iter().enumerate() {
+            if !cfg.upstreams.contains_key(n) {
+                let hint = crate::config::suggest(n, cfg.upstreams.keys().map(String::as_str));
+                p.push(
+                    format!("server.admin.readiness.upstreams[{i}]"),
+                    format!("unknown upstream `{n}`{hint}"),
+                );
+            }
+        }
+    }
+}
+
+/// `tracing`: a usable endpoint, a ratio, header names.
+fn check_tracing(cfg: &Config, p: &mut Problems) {
+    if let Some(t) = &cfg.tracing {
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            p.push("tracing.sample_ratio", "must be between 0 and 1");
+        }
+        match t.otlp_endpoint.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
+            Ok(u) if u.scheme_str() == Some("https") => p.push(
+                "tracing.otlp_endpoint",
+                "https collectors are not supported yet: use an http:// endpoint (a local \
+                 collector or sidecar)",
+            ),
+            _ => p.push(
+                "tracing.otlp_endpoint",
+                format!("`{}` is not an http:// URL", t.otlp_endpoint),
+            ),
+        }
+        if t.queue == 0 {
+            p.push("tracing.queue", "must be at least 1");
+        }
+        for k in t.headers.keys() {
+            if HeaderName::from_bytes(k.as_bytes()).is_err() {
+                p.push(format!("tracing.headers.{k}"), "not a valid header name");
+            }
+        }
+    }
 }
 
 /// Listeners are bound once: say so when a reload changes them.
