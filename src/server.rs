@@ -10,7 +10,7 @@ use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::L4BufferSettings;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::sync::Arc;
@@ -22,27 +22,27 @@ pub struct Options {
 }
 
 fn server_conf(opts: &Options, opt: &Opt) -> Result<ServerConf, String> {
-    match &opts.server_conf {
-        Some(path) => {
-            let mut conf = ServerConf::load_from_yaml(path)
-                .map_err(|e| format!("{path}: cannot load the server conf: {e}"))?;
-            conf.merge_with_opt(opt);
-            Ok(conf)
-        }
-        None => {
-            let mut conf = ServerConf {
-                threads: std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1),
-                ..ServerConf::default()
-            };
-            conf.merge_with_opt(opt);
-            Ok(conf)
-        }
-    }
+    let mut conf = match &opts.server_conf {
+        Some(path) => ServerConf::load_from_yaml(path)
+            .map_err(|e| format!("{path}: cannot load the server conf: {e}"))?,
+        None => ServerConf {
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            ..ServerConf::default()
+        },
+    };
+    // Pingora's defaults (300 s, then 5 s) keep a stopped gateway around for five minutes;
+    // ours bound the drain (the process exits as soon as nothing is in flight).
+    conf.grace_period_seconds
+        .get_or_insert(crate::lifecycle::DEFAULT_GRACE_PERIOD_SECONDS);
+    conf.graceful_shutdown_timeout_seconds
+        .get_or_insert(crate::lifecycle::DEFAULT_SHUTDOWN_TIMEOUT_SECONDS);
+    conf.merge_with_opt(opt);
+    Ok(conf)
 }
 
-/// Start serving; returns only on a start-up error.
+/// Start serving; returns once the server has shut down (see [`crate::lifecycle`]).
 pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
     let opt = Opt {
         upgrade: opts.upgrade,
@@ -119,9 +119,14 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
     ));
     drop(snap);
     log::info!(
-        "portcullis starting: config {} (generation {})",
+        "portcullis starting: config {} (generation {}); SIGTERM drains for up to {}s",
         runtime.config_path.display(),
-        runtime.generation()
+        runtime.generation(),
+        server.configuration.grace_period_seconds.unwrap_or(0)
     );
-    server.run_forever()
+    let signals = crate::lifecycle::Signals::new(server.watch_execution_phase());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    Ok(())
 }

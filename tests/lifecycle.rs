@@ -1,0 +1,310 @@
+//! Process lifecycle through the real binary: how long SIGTERM takes with and without
+//! requests in flight, a second signal, busy listen ports, the demo upstream's SIGTERM.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+/// The built-in drain timeout (`grace_period_seconds` without `--server-conf`) and the
+/// runtime shutdown bound after it (src/lifecycle.rs).
+const DEFAULT_GRACE: Duration = Duration::from_secs(3);
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn config(up: &Upstream) -> String {
+    format!(
+        r#"
+server:
+  listen: ["127.0.0.1:{{port}}"]
+  admin: {{ listen: "127.0.0.1:{{admin_port}}" }}
+upstreams:
+  a: {{ backends: [{{ addr: "{}" }}], timeouts: {{ read: 60s, total: 60s }} }}
+routes:
+  - {{ name: all, match: {{ path: "/**" }}, upstream: a }}
+"#,
+        up.addr
+    )
+}
+
+/// Started the way the README starts it: no `--server-conf`.
+async fn start_default(up: &Upstream) -> Gateway {
+    Gateway::start_opts(
+        &config(up),
+        StartOptions {
+            server_conf: false,
+            ..StartOptions::default()
+        },
+    )
+    .await
+}
+
+/// Send a GET in the background; the task's result is the status (0 on a socket error).
+fn background_get(gw: &Gateway, path: &str) -> tokio::task::JoinHandle<u16> {
+    let url = gw.url(path);
+    tokio::spawn(async move {
+        let c = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        match c.get(url).send().await {
+            Ok(r) => {
+                let s = r.status().as_u16();
+                // a cut response body counts as a failure too
+                if r.bytes().await.is_ok() {
+                    s
+                } else {
+                    0
+                }
+            }
+            Err(_) => 0,
+        }
+    })
+}
+
+async fn wait_for_hit(up: &Upstream) {
+    assert!(
+        eventually(Duration::from_secs(10), || async { up.hits() >= 1 }).await,
+        "the request never reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_without_traffic_exits_at_once_by_default() {
+    let up = Upstream::start("a").await;
+    let mut gw = start_default(&up).await;
+    // one request, so there is an idle keep-alive connection to the client and upstream
+    let c = client();
+    assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    let t0 = Instant::now();
+    gw.signal("TERM");
+    let status = gw.wait_exit(DEFAULT_GRACE + Duration::from_secs(5)).await;
+    let took = t0.elapsed();
+    let status = status.unwrap_or_else(|| panic!("still running after SIGTERM:\n{}", gw.log()));
+    assert!(status.success(), "exit status {status}:\n{}", gw.log());
+    // nothing to drain: no waiting for the grace period
+    assert!(
+        took < DEFAULT_GRACE,
+        "SIGTERM took {took:?} with nothing in flight:\n{}",
+        gw.log()
+    );
+    assert!(
+        gw.log().contains("no request in flight, exiting"),
+        "{}",
+        gw.log()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_waits_for_a_request_in_flight_then_exits() {
+    let up = Upstream::start("a").await;
+    up.set_mode(Mode::Delay(Duration::from_millis(1500)));
+    let mut gw = start_default(&up).await;
+    let req = background_get(&gw, "/slow");
+    wait_for_hit(&up).await;
+    let t0 = Instant::now();
+    gw.signal("TERM");
+    let status = req.await.unwrap();
+    assert_eq!(status, 200, "the request in flight was cut:\n{}", gw.log());
+    let exited = gw.wait_exit(DEFAULT_GRACE + Duration::from_secs(5)).await;
+    let took = t0.elapsed();
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "{exited:?}:\n{}",
+        gw.log()
+    );
+    // it left once the request was done, not at the end of the grace period
+    assert!(took < DEFAULT_GRACE, "took {took:?}:\n{}", gw.log());
+    let log = gw.log();
+    assert!(log.contains("waiting for 1 request(s) in flight"), "{log}");
+    // the drained request's access-log line was written before the exit
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"path\":\"/slow\"") && l.contains("\"status\":200")),
+        "no access-log line for the drained request:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn drain_is_bounded_by_the_grace_period() {
+    let up = Upstream::start("a").await;
+    up.set_mode(Mode::Delay(Duration::from_secs(60)));
+    let mut gw = start_default(&up).await;
+    let req = background_get(&gw, "/stuck");
+    wait_for_hit(&up).await;
+    let t0 = Instant::now();
+    gw.signal("TERM");
+    let exited = gw
+        .wait_exit(DEFAULT_GRACE + DEFAULT_SHUTDOWN_TIMEOUT + Duration::from_secs(3))
+        .await;
+    let took = t0.elapsed();
+    assert!(
+        exited.is_some(),
+        "still running after {took:?}:\n{}",
+        gw.log()
+    );
+    assert!(
+        took >= DEFAULT_GRACE - Duration::from_millis(200),
+        "{took:?}"
+    );
+    // the request that outlived the drain is cut
+    assert_eq!(req.await.unwrap(), 0);
+}
+
+async fn second_signal_exits_at_once(second: &str) {
+    let up = Upstream::start("a").await;
+    up.set_mode(Mode::Delay(Duration::from_secs(60)));
+    let mut gw = start_default(&up).await;
+    let _req = background_get(&gw, "/stuck");
+    wait_for_hit(&up).await;
+    let t0 = Instant::now();
+    gw.signal("TERM");
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            gw.log().contains("waiting for 1 request(s) in flight")
+        })
+        .await,
+        "{}",
+        gw.log()
+    );
+    let t1 = Instant::now();
+    gw.signal(second);
+    let exited = gw.wait_exit(Duration::from_secs(1)).await;
+    assert!(
+        exited.is_some(),
+        "SIG{second} during the drain did not end the process at once:\n{}",
+        gw.log()
+    );
+    assert!(
+        t0.elapsed() < DEFAULT_GRACE,
+        "exit came from the grace period, not from the second signal ({:?} after it)",
+        t1.elapsed()
+    );
+    assert!(
+        gw.log().contains(&format!(
+            "SIG{second} received while shutting down: exiting now"
+        )),
+        "{}",
+        gw.log()
+    );
+}
+
+#[tokio::test]
+async fn second_sigterm_during_the_drain_exits_at_once() {
+    second_signal_exits_at_once("TERM").await;
+}
+
+#[tokio::test]
+async fn sigint_during_the_drain_exits_at_once() {
+    second_signal_exits_at_once("INT").await;
+}
+
+/// Poll `f` (synchronous) until it holds or `timeout` passes.
+async fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn accepts(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// `make run` (scripts/run-demo.sh): a SIGTERM to the script stops the gateway and the
+/// demo upstream, instead of leaving them running.
+#[tokio::test]
+async fn run_demo_script_stops_everything_on_sigterm() {
+    let (port, admin_port, up_port) = (free_port(), free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("demo.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+server:
+  listen: ["127.0.0.1:{port}"]
+  admin: {{ listen: "127.0.0.1:{admin_port}" }}
+upstreams:
+  a: {{ backends: [{{ addr: "127.0.0.1:{up_port}" }}] }}
+routes:
+  - {{ name: all, match: {{ path: "/**" }}, upstream: a }}
+"#
+        ),
+    )
+    .unwrap();
+    let bin_dir = std::path::Path::new(bin()).parent().unwrap().to_path_buf();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/run-demo.sh");
+    let log_path = dir.path().join("demo.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new("bash")
+        .arg(script)
+        .arg(&bin_dir)
+        .arg(&cfg)
+        .env("DEMO_UPSTREAMS", format!("a=127.0.0.1:{up_port}"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let up = eventually(Duration::from_secs(20), || async { accepts(port) }).await;
+    assert!(up, "the demo did not start:\n{}", read_log());
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", read_log());
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let stopped = poll_until(Duration::from_secs(8), || {
+        matches!(child.try_wait(), Ok(Some(_))) && !accepts(port) && !accepts(up_port)
+    })
+    .await;
+    let _ = child.kill();
+    assert!(
+        stopped,
+        "after SIGTERM to the script: script exited {:?}, gateway listening {}, upstream listening {}:\n{}",
+        child.try_wait().ok().flatten(),
+        accepts(port),
+        accepts(up_port),
+        read_log()
+    );
+}
+
+/// conf/pingora.yaml's drain bounds fit in the systemd unit's TimeoutStopSec.
+#[test]
+fn shipped_server_conf_and_unit_agree() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let conf = std::fs::read_to_string(format!("{root}/conf/pingora.yaml")).unwrap();
+    let unit = std::fs::read_to_string(format!("{root}/conf/portcullis.service")).unwrap();
+    let key = |text: &str, k: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().trim_end_matches('s').parse().unwrap())
+            .unwrap_or_else(|| panic!("no {k}"))
+    };
+    let grace = key(&conf, "grace_period_seconds:");
+    let timeout = key(&conf, "graceful_shutdown_timeout_seconds:");
+    let stop = key(&unit, "TimeoutStopSec=");
+    assert!(
+        grace + timeout < stop,
+        "{grace} + {timeout} s vs TimeoutStopSec={stop}s"
+    );
+    assert!(
+        grace <= 10,
+        "a stopped gateway should not linger: grace {grace}s"
+    );
+}
