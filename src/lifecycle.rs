@@ -152,3 +152,101 @@ fn exit_now() -> ! {
     crate::observe::access_log::drain(LOG_FLUSH_TIMEOUT);
     std::process::exit(0)
 }
+
+/// Fail fast on listen addresses that cannot be bound (typically: already in use), with one
+/// line naming the address, instead of Pingora's 30 one-second retries and a panic in the
+/// service thread that leaves a process without listeners. `addrs`: (address, config key).
+/// Not for `-u`: an upgrade takes the sockets over from the running process.
+pub fn check_listeners(addrs: &[(&str, &str)]) -> Result<(), String> {
+    for (addr, key) in addrs {
+        use std::net::ToSocketAddrs;
+        // the first address a name resolves to, as Pingora binds; std binds with
+        // SO_REUSEADDR, as Pingora does, so TIME_WAIT connections do not count
+        let first = addr
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot listen on {addr} ({key}): {e}"))?
+            .next()
+            .ok_or_else(|| format!("cannot listen on {addr} ({key}): no address"))?;
+        if let Err(e) = std::net::TcpListener::bind(first) {
+            let reason = match e.kind() {
+                std::io::ErrorKind::AddrInUse => "address already in use".to_string(),
+                std::io::ErrorKind::PermissionDenied => {
+                    format!("permission denied ({e}; ports below 1024 need CAP_NET_BIND_SERVICE)")
+                }
+                _ => e.to_string(),
+            };
+            return Err(format!("cannot listen on {addr} ({key}): {reason}"));
+        }
+    }
+    Ok(())
+}
+
+/// Services that stopped although no shutdown was asked for (shown by `/healthz`).
+static DEAD: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The services that died, with why; empty while all run.
+pub fn dead_services() -> Vec<String> {
+    DEAD.lock().map(|d| d.clone()).unwrap_or_default()
+}
+
+/// A listening service whose end, other than by shutdown, ends the process: Pingora logs a
+/// service that fails (a listener it cannot bind panics its task) and keeps running without
+/// it, so a supervisor would never restart a gateway that no longer listens.
+pub struct Guarded<S> {
+    pub inner: S,
+}
+
+#[async_trait]
+impl<S: pingora_core::services::Service> pingora_core::services::Service for Guarded<S> {
+    async fn start_service(
+        &mut self,
+        fds: Option<pingora_core::server::ListenFds>,
+        shutdown: pingora_core::server::ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
+        use futures_util::FutureExt;
+        let name = self.inner.name().to_string();
+        let watch = shutdown.clone();
+        let run =
+            std::panic::AssertUnwindSafe(self.inner.start_service(fds, shutdown, listeners_per_fd))
+                .catch_unwind()
+                .await;
+        if *watch.borrow() {
+            return;
+        }
+        let why = match run {
+            Ok(()) => "it stopped".to_string(),
+            Err(p) => p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "it panicked".to_string()),
+        };
+        let line = format!("service '{name}' died: {why}");
+        if let Ok(mut d) = DEAD.lock() {
+            d.push(line.clone());
+        }
+        log::error!("{line}; exiting");
+        crate::observe::access_log::drain(LOG_FLUSH_TIMEOUT);
+        std::process::exit(1)
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.inner.threads()
+    }
+
+    fn runtime_opts_override(
+        &self,
+        global: &pingora_core::server::RuntimeOpts,
+    ) -> Option<pingora_core::server::RuntimeOpts> {
+        self.inner.runtime_opts_override(global)
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        self.inner.listen_addresses()
+    }
+}

@@ -2,6 +2,7 @@
 //! service, and the background supervisor.
 
 use crate::admin::AdminApp;
+use crate::lifecycle::Guarded;
 use crate::proxy::Gateway;
 use crate::runtime::Runtime;
 use crate::supervisor::Supervisor;
@@ -52,6 +53,22 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
         conf: opts.server_conf.clone(),
     };
     let conf = server_conf(&opts, &opt)?;
+    if !opts.upgrade {
+        let snap = runtime.snapshot();
+        let server = &snap.config.server;
+        let mut addrs: Vec<(&str, &str)> = server
+            .listen
+            .iter()
+            .map(|a| (a.as_str(), "server.listen"))
+            .collect();
+        if let Some(tls) = &server.tls {
+            addrs.push((tls.listen.as_str(), "server.tls.listen"));
+        }
+        if let Some(admin) = &server.admin {
+            addrs.push((admin.listen.as_str(), "server.admin.listen"));
+        }
+        crate::lifecycle::check_listeners(&addrs)?;
+    }
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     // Bootstrap (taking over listening sockets with -u, telling a waiting parent with -d
     // that we are ready) runs as a service: after daemonisation, before the listeners.
@@ -96,7 +113,10 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
                 resolver: runtime.certs.clone(),
             }));
     }
-    server.add_service(proxy).add_dependency(&bootstrap);
+    // a proxy service that dies (a listener it cannot bind) ends the process
+    server
+        .add_service(Guarded { inner: proxy })
+        .add_dependency(&bootstrap);
 
     if let Some(admin) = &snap.config.server.admin {
         let mut svc = Service::new(
@@ -106,7 +126,9 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
             },
         );
         svc.add_tcp(&admin.listen);
-        server.add_service(svc).add_dependency(&bootstrap);
+        server
+            .add_service(Guarded { inner: svc })
+            .add_dependency(&bootstrap);
     }
 
     crate::observe::access_log::watch_phases(server.watch_execution_phase());

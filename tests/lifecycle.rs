@@ -284,6 +284,59 @@ routes:
     );
 }
 
+/// A listen address already in use: exit non-zero within seconds, with one line naming the
+/// address and why (not 30 retries, a panic and a process left without listeners).
+#[tokio::test]
+async fn busy_listen_port_exits_non_zero_with_one_line() {
+    let up = Upstream::start("a").await;
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let mut gw = Gateway::spawn(
+        &config(&up),
+        StartOptions {
+            port: Some(port),
+            ..StartOptions::default()
+        },
+    );
+    let t0 = Instant::now();
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    let log = gw.log();
+    let status = status.unwrap_or_else(|| panic!("still running after {:?}:\n{log}", t0.elapsed()));
+    assert!(!status.success(), "exit status {status}:\n{log}");
+    let addr = format!("127.0.0.1:{port}");
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(&addr)).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("cannot listen on") && lines[0].contains("address already in use"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("panicked") && !log.contains("will try again"),
+        "{log}"
+    );
+    drop(busy);
+}
+
+/// The same for the admin listener.
+#[tokio::test]
+async fn busy_admin_port_exits_non_zero() {
+    let up = Upstream::start("a").await;
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let yaml = config(&up).replace("{admin_port}", &port.to_string());
+    let mut gw = Gateway::spawn(&yaml, StartOptions::default());
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    let log = gw.log();
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}:\n{log}");
+    assert!(
+        log.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} (server.admin.listen): address already in use"
+        )),
+        "{log}"
+    );
+    drop(busy);
+}
+
 /// conf/pingora.yaml's drain bounds fit in the systemd unit's TimeoutStopSec.
 #[test]
 fn shipped_server_conf_and_unit_agree() {
