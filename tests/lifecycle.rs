@@ -284,6 +284,43 @@ routes:
     );
 }
 
+/// demo-upstream (what `make run` starts) exits promptly on SIGTERM (it used to take
+/// Pingora's 300 s grace period).
+#[tokio::test]
+async fn demo_upstream_exits_promptly_on_sigterm() {
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_demo-upstream"))
+        .arg(format!("demo=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || async { accepts(port) }).await);
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t0 = Instant::now();
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let exited = poll_until(Duration::from_secs(3), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        exited,
+        "demo-upstream still running {:?} after SIGTERM",
+        t0.elapsed()
+    );
+}
+
 /// A listen address already in use: exit non-zero within seconds, with one line naming the
 /// address and why (not 30 retries, a panic and a process left without listeners).
 #[tokio::test]
