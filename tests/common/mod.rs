@@ -278,6 +278,8 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// The config puts the admin listener on `{admin_port}`: readiness waits for it too.
+    pub admin_listens: bool,
 }
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -340,6 +342,7 @@ impl Gateway {
         let port = opts.port.unwrap_or_else(free_port);
         let admin_port = free_port();
         let dir = tempfile::tempdir().unwrap();
+        let admin_listens = yaml.contains("127.0.0.1:{admin_port}");
         let yaml = yaml
             .replace("{port}", &port.to_string())
             .replace("{admin_port}", &admin_port.to_string())
@@ -377,6 +380,7 @@ impl Gateway {
             dir,
             config_path,
             log_path,
+            admin_listens,
         }
     }
 
@@ -400,9 +404,14 @@ impl Gateway {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("portcullis exited with {status}:\n{}", self.log());
             }
+            let admin = self.admin_listens;
             if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
                 .await
                 .is_ok()
+                && (!admin
+                    || tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port))
+                        .await
+                        .is_ok())
             {
                 return;
             }
