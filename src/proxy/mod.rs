@@ -205,6 +205,11 @@ impl ProxyHttp for Gateway {
         edge::count_body(ctx, body.as_ref())
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        // a client hanging up is logged at INFO as a 499 by `logging::finish`
+        logging::client_gone(e)
+    }
+
     fn suppress_proxy_warn_log(
         &self,
         _session: &Session,
