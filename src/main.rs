@@ -51,7 +51,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    portcullis::observe::logs::init();
     let cli = Cli::parse();
     if let Some(Command::Keygen { id }) = cli.command {
         let (key, line) = portcullis::keygen(&id);

@@ -50,7 +50,9 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
         daemon: opts.daemon,
         nocapture: false,
         test: false,
-        conf: opts.server_conf.clone(),
+        // the server conf is loaded here (server_conf below); given to Pingora as well it
+        // only makes it warn "Ignoring command line argument" on every start
+        conf: None,
     };
     let conf = server_conf(&opts, &opt)?;
     if !opts.upgrade {

@@ -398,3 +398,150 @@ fn shipped_server_conf_and_unit_agree() {
         "a stopped gateway should not linger: grace {grace}s"
     );
 }
+
+// ---------------------------------------------------------------- quiet logs (issue 22 item 7)
+
+/// The line of `log` containing `needle`.
+fn line_with<'a>(log: &'a str, needle: &str) -> Option<&'a str> {
+    log.lines().find(|l| l.contains(needle))
+}
+
+/// Every start with `--server-conf` warned "Ignoring command line argument"; a cached
+/// response warned about pingora-cache's compression dictionary. Neither at the default level.
+#[tokio::test]
+async fn start_and_cache_fill_log_no_warnings() {
+    let up = Upstream::start("a").await;
+    let yaml = config(&up).replace(
+        r#"  - { name: all, match: { path: "/**" }, upstream: a }"#,
+        r#"  - { name: cached, match: { path: "/c/**" }, upstream: a, cache: { ttl: 30s } }
+  - { name: all, match: { path: "/**" }, upstream: a }"#,
+    );
+    let gw = Gateway::start_opts(
+        &yaml,
+        StartOptions {
+            env: vec![("RUST_LOG".into(), "info,pingora_cache=debug".into())],
+            ..StartOptions::default()
+        },
+    )
+    .await;
+    let c = client();
+    for _ in 0..2 {
+        assert_eq!(c.get(gw.url("/c/x")).send().await.unwrap().status(), 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            gw.log().contains("no header compression dictionary")
+        })
+        .await,
+        "the cache never logged its dictionary message:\n{}",
+        gw.log()
+    );
+    let log = gw.log();
+    let dict = line_with(&log, "no header compression dictionary").unwrap();
+    assert!(dict.contains("DEBUG"), "{dict}");
+    assert!(!log.contains("Ignoring command line argument"), "{log}");
+    assert!(!log.contains(" WARN ") && !log.contains("ERROR"), "{log}");
+}
+
+/// A client's failed TLS handshake is the client's problem: DEBUG, not ERROR.
+#[tokio::test]
+async fn client_tls_handshake_failure_is_not_an_error() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start("a").await;
+    let certs = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (certs.path().join("c.pem"), certs.path().join("k.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let tls_port = free_port();
+    let yaml = config(&up).replace(
+        "  admin:",
+        &format!(
+            "  tls: {{ listen: \"127.0.0.1:{tls_port}\", certificates: [{{ cert: \"{}\", key: \"{}\" }}] }}\n  admin:",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let gw = Gateway::start_opts(
+        &yaml,
+        StartOptions {
+            env: vec![(
+                "RUST_LOG".into(),
+                "info,pingora_core::services::listening=debug".into(),
+            )],
+            ..StartOptions::default()
+        },
+    )
+    .await;
+    // plain HTTP to the TLS port: the handshake fails
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            gw.log().contains("Downstream handshake error")
+        })
+        .await,
+        "no handshake failure logged:\n{}",
+        gw.log()
+    );
+    let log = gw.log();
+    let line = line_with(&log, "Downstream handshake error").unwrap();
+    assert!(line.contains("DEBUG"), "{line}");
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
+/// During `-u`, the new process waits for the old one's sockets, polling every second: the
+/// normal course of an upgrade, not an ERROR.
+#[tokio::test]
+async fn upgrade_wait_is_not_an_error() {
+    let up = Upstream::start("a").await;
+    let mut gw = Gateway::start(&config(&up)).await;
+    let new_log = gw.dir.path().join("new.log");
+    let log = std::fs::File::create(&new_log).unwrap();
+    let mut new = std::process::Command::new(bin())
+        .args(["-u", "-c"])
+        .arg(&gw.config_path)
+        .arg("--server-conf")
+        .arg(gw.dir.path().join("pingora.yaml"))
+        .env("RUST_LOG", "info,pingora_core::server::transfer_fd=debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&new_log).unwrap_or_default();
+    let waited = eventually(Duration::from_secs(10), || async {
+        read().contains("No incoming socket transfer")
+    })
+    .await;
+    if waited {
+        gw.signal("QUIT");
+    }
+    // the old process hands over and exits; the new one serves
+    let took_over = waited && gw.wait_exit(Duration::from_secs(15)).await.is_some() && {
+        let port = gw.port;
+        eventually(Duration::from_secs(5), || async move {
+            client()
+                .get(format!("http://127.0.0.1:{port}/x"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await
+    };
+    let text = read();
+    let _ = new.kill();
+    let _ = new.wait();
+    assert!(waited, "the new process never waited:\n{text}");
+    assert!(
+        took_over,
+        "no hand-over:\n{text}\n---- old ----\n{}",
+        gw.log()
+    );
+    let line = line_with(&text, "No incoming socket transfer").unwrap();
+    assert!(line.contains("DEBUG"), "{line}");
+    assert!(!text.contains("ERROR"), "{text}");
+}
