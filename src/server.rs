@@ -40,7 +40,32 @@ fn server_conf(opts: &Options, opt: &Opt) -> Result<ServerConf, String> {
     conf.graceful_shutdown_timeout_seconds
         .get_or_insert(crate::lifecycle::DEFAULT_SHUTDOWN_TIMEOUT_SECONDS);
     conf.merge_with_opt(opt);
+    resolve_paths(&mut conf);
     Ok(conf)
+}
+
+/// Relative paths resolve against the directory portcullis was started from, in the
+/// foreground and as a daemon alike: the server conf's files become absolute, and a daemon
+/// (`-d`, which would otherwise run in `/`) keeps that directory as its working directory
+/// unless `working_directory` names another, so the config's relative paths (certificates,
+/// keys, secret and JWKS files, the access log) still resolve on every reload.
+fn resolve_paths(conf: &mut ServerConf) {
+    let Ok(cwd) = std::env::current_dir() else {
+        return;
+    };
+    let abs = |p: &mut String| {
+        if !p.is_empty() && std::path::Path::new(p.as_str()).is_relative() {
+            *p = cwd.join(p.as_str()).display().to_string();
+        }
+    };
+    abs(&mut conf.pid_file);
+    abs(&mut conf.upgrade_sock);
+    if let Some(e) = conf.error_log.as_mut() {
+        abs(e);
+    }
+    if conf.daemon && conf.working_directory.is_none() {
+        conf.working_directory = Some(cwd.clone());
+    }
 }
 
 /// Start serving; returns once the server has shut down (see [`crate::lifecycle`]).

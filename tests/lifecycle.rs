@@ -545,3 +545,170 @@ async fn upgrade_wait_is_not_an_error() {
     assert!(line.contains("DEBUG"), "{line}");
     assert!(!text.contains("ERROR"), "{text}");
 }
+
+// ---------------------------------------------------------------- -d with relative paths (issue 22 item 2)
+
+/// Ends the daemon at the end of the test, whatever happens.
+struct Daemon(Option<i32>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = std::process::Command::new("kill")
+                .arg("-INT")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+}
+
+/// `portcullis -d -c portcullis.yaml` (relative, as the README's examples are): the daemon
+/// runs in another directory than the shell, and every reload re-reads the config and the
+/// files it names. Reloads by SIGHUP and by the admin API work, relative secret file and
+/// access log included.
+#[tokio::test]
+async fn daemon_with_relative_paths_reloads() {
+    let up = Upstream::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    std::fs::write(
+        dir.path().join("jwt.secret"),
+        "0123456789abcdef0123456789abcdef",
+    )
+    .unwrap();
+    let yaml = |route: &str| {
+        format!(
+            r#"
+server:
+  listen: ["127.0.0.1:{port}"]
+  admin: {{ listen: "127.0.0.1:{admin_port}", token_sha256: "{sha}" }}
+access_log: {{ path: access.log }}
+auth:
+  jwt:
+    - {{ name: hs, issuer: "https://hs.test/", audiences: [api], algorithms: [HS256], secret_file: jwt.secret }}
+upstreams:
+  a: {{ backends: [{{ addr: "{addr}" }}] }}
+routes:
+  - {{ name: {route}, match: {{ path: "/**" }}, upstream: a }}
+"#,
+            sha = admin_token_sha256(),
+            addr = up.addr
+        )
+    };
+    std::fs::write(dir.path().join("portcullis.yaml"), yaml("first")).unwrap();
+    std::fs::write(
+        dir.path().join("pingora.yaml"),
+        "---\nversion: 1\nthreads: 1\npid_file: portcullis.pid\nupgrade_sock: upgrade.sock\nerror_log: error.log\n",
+    )
+    .unwrap();
+    let status = std::process::Command::new(bin())
+        .current_dir(dir.path())
+        .args([
+            "-d",
+            "-c",
+            "portcullis.yaml",
+            "--server-conf",
+            "pingora.yaml",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let pid_file = dir.path().join("portcullis.pid");
+    let read_pid = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+    };
+    let error_log = || std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+    let started = eventually(Duration::from_secs(20), || async {
+        read_pid().is_some() && accepts(port)
+    })
+    .await;
+    // without a pid file, the pid /healthz reports: the daemon is ended whatever happens
+    let healthz_pid = async {
+        let v: serde_json::Value = client()
+            .get(format!("http://127.0.0.1:{admin_port}/healthz"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["pid"].as_i64().map(|p| p as i32)
+    };
+    let mut daemon = Daemon(match read_pid() {
+        Some(p) => Some(p),
+        None => healthz_pid.await,
+    });
+    assert!(started, "the daemon did not start:\n{}", error_log());
+    let pid = daemon.0.unwrap();
+    let c = client();
+    let admin = |path: &str| {
+        c.post(format!("http://127.0.0.1:{admin_port}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    // a reload through the admin API
+    std::fs::write(dir.path().join("portcullis.yaml"), yaml("second")).unwrap();
+    let r = admin("/admin/reload").await.unwrap();
+    let s = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!(s, 200, "{body}\n{}", error_log());
+    // and by SIGHUP
+    std::fs::write(dir.path().join("portcullis.yaml"), yaml("third")).unwrap();
+    std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    let generation = || async {
+        let v: serde_json::Value = client()
+            .get(format!("http://127.0.0.1:{admin_port}/healthz"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["generation"].as_u64()
+    };
+    let reloaded = eventually(Duration::from_secs(10), || async {
+        generation().await == Some(3)
+    })
+    .await;
+    assert!(reloaded, "SIGHUP reload failed:\n{}", error_log());
+    assert_eq!(
+        c.get(format!("http://127.0.0.1:{port}/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // the relative access log is where the shell meant it
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            std::fs::read_to_string(dir.path().join("access.log"))
+                .is_ok_and(|l| l.contains("\"route\":\"third\""))
+        })
+        .await,
+        "{}",
+        error_log()
+    );
+    assert!(!error_log().contains("cannot read"), "{}", error_log());
+    // stop it: SIGTERM, nothing in flight
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    let gone = poll_until(Duration::from_secs(5), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await;
+    assert!(gone, "the daemon did not stop on SIGTERM");
+    daemon.0 = None;
+}
