@@ -25,6 +25,7 @@ fn routes(n: usize) -> Router {
             path: PathPattern::parse(&path).unwrap(),
             methods: Methods::ANY,
             headers: vec![],
+            method_fallthrough: false,
         });
     }
     specs.push(RouteSpec {
@@ -32,12 +33,14 @@ fn routes(n: usize) -> Router {
         path: PathPattern::parse("/api/users/:id").unwrap(),
         methods: Methods::parse(&["GET".to_string()]).unwrap(),
         headers: vec![],
+        method_fallthrough: false,
     });
     specs.push(RouteSpec {
         host: None,
         path: PathPattern::parse("/api/**").unwrap(),
         methods: Methods::ANY,
         headers: vec![],
+        method_fallthrough: false,
     });
     Router::new(specs)
 }

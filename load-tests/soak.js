@@ -33,7 +33,7 @@ export const options = {
   },
 };
 
-// process_* gauges from the admin /metrics (Prometheus text), if the gateway exports them.
+// process_* gauges from the admin /metrics (Prometheus text).
 function processMetrics() {
   const res = http.get(`${ADMIN_URL}/metrics`, { responseType: 'text', tags: { name: 'admin-metrics' } });
   const out = {};
@@ -50,6 +50,10 @@ export function setup() {
   for (let i = 0; i < 50; i++) tokens.push(signJwt({ sub: `k6-soak-${i}`, exp: Math.floor(Date.now() / 1000) + 86400 }));
   const before = processMetrics();
   console.log(`gateway before: ${JSON.stringify(before)}`);
+  if (before.process_resident_memory_bytes === undefined) {
+    // nothing to compare against: the memory threshold could never fail, so stop here
+    throw new Error(`no process_resident_memory_bytes at ${ADMIN_URL}/metrics: cannot measure memory`);
+  }
   return { tokens, before };
 }
 
@@ -69,6 +73,10 @@ export function teardown(data) {
   console.log(`gateway after: ${JSON.stringify(after)}`);
   const b = data.before.process_resident_memory_bytes;
   const a = after.process_resident_memory_bytes;
-  // Without the gauge there is nothing to compare: record 0 rather than fail.
-  rssGrowth.add(a !== undefined && b !== undefined ? (a - b) / (1024 * 1024) : 0);
+  if (a === undefined) {
+    // the gateway died or stopped answering: fail the threshold rather than record nothing
+    rssGrowth.add(Number.MAX_SAFE_INTEGER);
+    return;
+  }
+  rssGrowth.add((a - b) / (1024 * 1024));
 }

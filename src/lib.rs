@@ -26,6 +26,7 @@ pub mod snapshot;
 pub mod supervisor;
 pub mod tls;
 pub mod upstream;
+pub mod view;
 
 /// A new API key (256 random bits, URL-safe base64) and the config line holding its hash.
 pub fn keygen(id: &str) -> (String, String) {

@@ -23,6 +23,8 @@ pub struct Runtime {
     pub watch: std::sync::atomic::AtomicBool,
     /// The TLS listener's certificate resolver; its set follows the snapshot.
     pub certs: Arc<crate::tls::CertResolver>,
+    /// `None` until the first reload.
+    pub last_reload: parking_lot::Mutex<Option<LastReload>>,
 }
 
 #[derive(Debug)]
@@ -30,6 +32,18 @@ pub struct ReloadOutcome {
     pub generation: u64,
     pub routes: usize,
     pub millis: f64,
+    /// Changes that apply only after a restart or upgrade.
+    pub warnings: Vec<String>,
+}
+
+/// The last reload, as `/admin/status` shows it.
+#[derive(Debug, Clone, Default)]
+pub struct LastReload {
+    pub at_unix: u64,
+    pub ok: bool,
+    pub generation: u64,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
 }
 
 impl Runtime {
@@ -50,6 +64,7 @@ impl Runtime {
             started: Instant::now(),
             watch: std::sync::atomic::AtomicBool::new(false),
             certs,
+            last_reload: parking_lot::Mutex::new(None),
         }))
     }
 
@@ -67,13 +82,33 @@ impl Runtime {
     pub async fn reload(&self) -> Result<ReloadOutcome, Vec<ConfigError>> {
         let r = self.reload_inner().await;
         let m = &crate::observe::metrics::METRICS;
-        match &r {
+        let at_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let record = match &r {
             Ok(o) => {
                 m.config_reloads.with_label_values(&["success"]).inc();
                 m.config_generation.set(o.generation as i64);
+                LastReload {
+                    at_unix,
+                    ok: true,
+                    generation: o.generation,
+                    errors: Vec::new(),
+                    warnings: o.warnings.clone(),
+                }
             }
-            Err(_) => m.config_reloads.with_label_values(&["failure"]).inc(),
-        }
+            Err(errs) => {
+                m.config_reloads.with_label_values(&["failure"]).inc();
+                LastReload {
+                    at_unix,
+                    ok: false,
+                    generation: self.generation(),
+                    errors: errs.iter().map(|e| e.to_string()).collect(),
+                    warnings: Vec::new(),
+                }
+            }
+        };
+        *self.last_reload.lock() = Some(record);
         r
     }
 
@@ -110,6 +145,7 @@ impl Runtime {
             }
         }
         let routes = built.routes.len();
+        let warnings = built.warnings.clone();
         // new connections get the new certificates; open ones keep theirs
         if let Some(set) = &built.tls {
             self.certs.store(set.clone());
@@ -124,6 +160,7 @@ impl Runtime {
             generation,
             routes,
             millis,
+            warnings,
         })
     }
 }

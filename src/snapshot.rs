@@ -22,6 +22,14 @@ pub struct Snapshot {
     pub server_ip: Option<crate::edge::IpRules>,
     /// The TLS listener's certificates (`server.tls`), loaded from their files.
     pub tls: Option<Arc<crate::tls::CertSet>>,
+    /// `server.paths.escaped_slashes`.
+    pub escaped_slashes: crate::routing::path::EscapedSlashes,
+    /// `server.headers` (and the API-key header, which may appear only once).
+    pub header_policy: crate::edge::headers::HeaderPolicy,
+    /// What this config changes that takes effect only on a restart or upgrade.
+    pub warnings: Vec<String>,
+    /// The config file's text as loaded (for `GET /admin/config`, redacted there).
+    pub config_text: Arc<str>,
     pub config: Config,
 }
 
@@ -82,6 +90,11 @@ impl CompiledHeaderOps {
 
 pub struct Route {
     pub name: Arc<str>,
+    /// Unique among the routes (the name if one was given, else the whole match): the
+    /// route's namespace in the cache, so two routes never share an entry.
+    pub cache_id: Arc<str>,
+    /// Query parameters whose values the access log hides (`*`: all).
+    pub log_redact_query: Vec<String>,
     pub pattern: PathPattern,
     pub target: Target,
     pub strip_prefix: Option<String>,
@@ -199,12 +212,17 @@ pub fn build(
                 format!("`{}` is not an `ip:port` address", admin.listen),
             );
         }
-        if let Some(t) = &admin.token_sha256 {
-            if t.len() != 64 || hex::decode(t).is_err() {
-                p.push(
-                    "server.admin.token_sha256",
-                    "must be 64 hex characters (a SHA-256 digest)",
-                );
+        for (key, t) in [
+            ("server.admin.token_sha256", &admin.token_sha256),
+            (
+                "server.admin.metrics_token_sha256",
+                &admin.metrics_token_sha256,
+            ),
+        ] {
+            if let Some(t) = t {
+                if t.len() != 64 || hex::decode(t).is_err() {
+                    p.push(key, "must be 64 hex characters (a SHA-256 digest)");
+                }
             }
         }
     }
@@ -214,6 +232,19 @@ pub fn build(
         &mut p,
     );
     let edge_limits = crate::edge::Limits::build(&cfg.server.limits, &mut p);
+    if let Some(crate::config::ReadinessUpstreams::List(list)) =
+        cfg.server.admin.as_ref().map(|a| &a.readiness.upstreams)
+    {
+        for (i, n) in list.iter().enumerate() {
+            if !cfg.upstreams.contains_key(n) {
+                let hint = crate::config::suggest(n, cfg.upstreams.keys().map(String::as_str));
+                p.push(
+                    format!("server.admin.readiness.upstreams[{i}]"),
+                    format!("unknown upstream `{n}`{hint}"),
+                );
+            }
+        }
+    }
     let server_ip = cfg
         .server
         .ip
@@ -304,6 +335,11 @@ pub fn build(
     let mut specs = Vec::with_capacity(cfg.routes.len());
     let mut routes = Vec::with_capacity(cfg.routes.len());
     let mut names: HashMap<String, usize> = HashMap::new();
+    let header_policy = crate::edge::headers::HeaderPolicy::build(
+        &cfg.server.headers,
+        auth.api_keys.as_ref().map(|k| k.header.clone()),
+        &mut p,
+    );
     let mut seen: HashMap<String, Vec<(usize, Methods)>> = HashMap::new();
     for (i, r) in cfg.routes.iter().enumerate() {
         // built without `fmt`: reloads of 10,000 routes spend their time here
@@ -374,7 +410,8 @@ pub fn build(
             Some(u) => Some(u.clone()),
             None => {
                 if !cfg.upstreams.contains_key(n) {
-                    p.push(path, format!("unknown upstream `{n}`"));
+                    let hint = crate::config::suggest(n, cfg.upstreams.keys().map(String::as_str));
+                    p.push(path, format!("unknown upstream `{n}`{hint}"));
                 }
                 None
             }
@@ -419,6 +456,10 @@ pub fn build(
         };
 
         let mut rewrite = None;
+        let mut cache_id = match &r.name {
+            Some(n) => ["name\0", n.as_str()].concat(),
+            None => String::new(),
+        };
         if let Some(pt) = &pattern {
             if let Some(sp) = &r.strip_prefix {
                 if r.rewrite.is_some() {
@@ -476,6 +517,16 @@ pub fn build(
                 key.push_str(&k.to_ascii_lowercase());
                 key.push('\0');
                 key.push_str(v);
+            }
+            if r.name.is_none() {
+                // the match is unique (an identical one is refused below), so is this
+                cache_id = [
+                    "match\0",
+                    key.as_str(),
+                    "\0",
+                    itoa::Buffer::new().format(methods.0),
+                ]
+                .concat();
             }
             let entry = seen.entry(key).or_default();
             for (j, m) in entry.iter() {
@@ -552,9 +603,12 @@ pub fn build(
             path: pattern.clone(),
             methods,
             headers,
+            method_fallthrough: r.method_fallthrough,
         });
         routes.push(Route {
             name: name.into(),
+            cache_id: cache_id.into(),
+            log_redact_query: r.log_redact_query.clone(),
             pattern,
             target,
             strip_prefix: r.strip_prefix.clone(),
@@ -574,14 +628,19 @@ pub fn build(
     if !p.is_empty() {
         return Err(p.errors);
     }
-    if let Some(prev) = prev {
-        restart_warnings(&prev.config, cfg);
-    }
+    let mut warnings = match prev {
+        Some(prev) => restart_warnings(&prev.config, cfg),
+        None => Vec::new(),
+    };
     if prev.is_some() && crate::cache::needs_restart(&cfg.cache) {
-        log::warn!(
+        warnings.push(
             "cache.max_size, cache.max_object_size and the cache lock's age limit are read at \
              start-up: the running cache keeps them until the next restart or upgrade"
+                .to_string(),
         );
+    }
+    for w in &warnings {
+        log::warn!("{w}");
     }
     Ok(Snapshot {
         generation,
@@ -594,36 +653,53 @@ pub fn build(
         edge_limits,
         server_ip,
         tls,
+        escaped_slashes: match cfg.server.paths.escaped_slashes {
+            crate::config::EscapedSlashesConfig::Reject => {
+                crate::routing::path::EscapedSlashes::Reject
+            }
+            crate::config::EscapedSlashesConfig::Keep => crate::routing::path::EscapedSlashes::Keep,
+            crate::config::EscapedSlashesConfig::Decode => {
+                crate::routing::path::EscapedSlashes::Decode
+            }
+        },
+        header_policy,
+        warnings,
+        config_text: src.text().into(),
         config: cfg.clone(),
     })
 }
 
 /// Listeners are bound once: say so when a reload changes them.
-fn restart_warnings(old: &Config, new: &Config) {
+fn restart_warnings(old: &Config, new: &Config) -> Vec<String> {
     let (o, n) = (&old.server, &new.server);
+    let mut w: Vec<&str> = Vec::new();
     if o.listen != n.listen {
-        log::warn!(
-            "server.listen changed: listeners are bound at start-up; restart or upgrade to apply"
+        w.push(
+            "server.listen changed: listeners are bound at start-up; restart or upgrade to apply",
         );
     }
     if o.h2c != n.h2c {
-        log::warn!("server.h2c changed: it applies after a restart or upgrade");
+        w.push("server.h2c changed: it applies after a restart or upgrade");
     }
     if o.read_buffer != n.read_buffer {
-        log::warn!("server.read_buffer changed: it applies after a restart or upgrade");
+        w.push("server.read_buffer changed: it applies after a restart or upgrade");
+    }
+    if o.admin.as_ref().map(|a| &a.listen) != n.admin.as_ref().map(|a| &a.listen) {
+        w.push("server.admin.listen changed: the admin listener moves after a restart or upgrade");
     }
     match (&o.tls, &n.tls) {
         (None, Some(_)) => {
-            log::warn!("server.tls added: the TLS listener starts with the next restart or upgrade")
+            w.push("server.tls added: the TLS listener starts with the next restart or upgrade")
         }
-        (Some(_), None) => log::warn!(
+        (Some(_), None) => w.push(
             "server.tls removed: the TLS listener keeps serving its last certificates until \
-             the next restart or upgrade"
+             the next restart or upgrade",
         ),
-        (Some(a), Some(b)) if a.listen != b.listen => log::warn!(
+        (Some(a), Some(b)) if a.listen != b.listen => w.push(
             "server.tls.listen changed: it applies after a restart or upgrade (certificates \
-             are already reloaded)"
+             are already reloaded)",
         ),
         _ => {}
     }
+    w.into_iter().map(str::to_string).collect()
 }

@@ -82,6 +82,23 @@ fn access_line<'a>(log: &'a str, path: &str) -> Option<&'a str> {
         .find(|l| l.starts_with('{') && l.contains(&format!("\"path\":\"{path}\"")))
 }
 
+/// One complete request, and its access-log line: the log's writer (started by a background
+/// service beside the proxy) is running before the hang-ups are looked for.
+async fn warm_up(gw: &Gateway) {
+    assert_eq!(
+        client().get(gw.url("/warm")).send().await.unwrap().status(),
+        200
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            access_line(&gw.log(), "/warm").is_some()
+        })
+        .await,
+        "{}",
+        gw.log()
+    );
+}
+
 async fn hang_up_after(gw: &Gateway, path: &str, read_first: bool) {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
         .await
@@ -140,9 +157,10 @@ async fn check_499(gw: &Gateway, path: &str, route: &str, upstream: &str) {
 #[tokio::test]
 async fn client_hanging_up_while_the_upstream_works_is_499() {
     let up = Upstream::start("a").await;
-    up.set_mode(Mode::Delay(Duration::from_millis(1500)));
     let slow = streaming_backend().await;
     let gw = Gateway::start(&config(&up, slow)).await;
+    warm_up(&gw).await;
+    up.set_mode(Mode::Delay(Duration::from_millis(1500)));
     for i in 0..2 {
         let path = format!("/wait/{i}");
         hang_up_after(&gw, &path, false).await;
@@ -171,6 +189,7 @@ async fn client_hanging_up_mid_body_is_499() {
     let up = Upstream::start("a").await;
     let slow = streaming_backend().await;
     let gw = Gateway::start(&config(&up, slow)).await;
+    warm_up(&gw).await;
     for i in 0..2 {
         let path = format!("/stream/{i}");
         hang_up_after(&gw, &path, true).await;

@@ -388,17 +388,16 @@ async fn encoded_path_tricks_do_not_bypass_auth() {
         );
     }
     assert_eq!(up.hits(), before, "none reached the upstream");
-    // %2F is not a separator: these stay on the public route, forwarded still encoded
+    // an escaped slash is ambiguous (`..%2f` climbs in some upstream frameworks): a 400
+    // before routing, and nothing reaches the upstream
+    let before = up.hits();
     let resp = raw(
         gw.port,
         b"GET /api/public/..%2fadmin%2fsecret HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(status_line(&resp).contains("200"), "{resp}");
-    assert!(
-        resp.contains("\"path\":\"/api/public/..%2Fadmin%2Fsecret\""),
-        "{resp}"
-    );
+    assert!(status_line(&resp).contains("400"), "{resp}");
+    assert_eq!(up.hits(), before, "an escaped slash reached the upstream");
     // escaping the root is a 400, never a route
     let resp = raw(
         gw.port,

@@ -26,6 +26,7 @@ fn spec(host: Option<&str>, path: &str, methods: Option<&[&str]>) -> RouteSpec {
             .map(|m| Methods::parse(&m.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap())
             .unwrap_or(Methods::ANY),
         headers: vec![],
+        method_fallthrough: false,
     }
 }
 
@@ -145,8 +146,8 @@ fn route(path: &str, pick: usize) {
         }
         Lookup::NotFound => {}
     }
-    // the host helper on arbitrary text
-    let _ = portcullis::routing::host_only(path);
+    // the Host parser on arbitrary text
+    let _ = portcullis::view::parse_authority(path.as_bytes());
 }
 
 /// A request path made of the pattern's own segments (params and `*` filled in).
@@ -186,6 +187,7 @@ fn patterns(pattern: &str, template: Option<&str>, path: Option<&str>) {
         path: pt.clone(),
         methods: Methods::ANY,
         headers: vec![],
+        method_fallthrough: false,
     }]);
     let found = one.lookup("h", &segments(&sample), &Method::GET, &HeaderMap::new());
     assert_eq!(

@@ -5,6 +5,7 @@
 //   API_KEY    a key from the config's api_keys [demo-key-1234567890abcdefghijklmnopqrstuv]
 //   JWT_SECRET HS256 secret of the "demo" issuer [demo-jwt-secret-change-me]
 //   JWT_ISSUER / JWT_AUDIENCE                   [https://demo.portcullis.local/ / api]
+//   PATH_PUBLIC, PATH_KEYED, PATH_SECURE, PATH_CACHED, PATH_LIMITED: route prefixes (below)
 //   RATE, DURATION: read by each script with its own defaults.
 import crypto from 'k6/crypto';
 import encoding from 'k6/encoding';
@@ -15,13 +16,19 @@ export const JWT_SECRET = __ENV.JWT_SECRET || 'demo-jwt-secret-change-me';
 export const JWT_ISSUER = __ENV.JWT_ISSUER || 'https://demo.portcullis.local/';
 export const JWT_AUDIENCE = __ENV.JWT_AUDIENCE || 'api';
 
-// The routes of the demo config (conf/portcullis.yaml).
+// The routes of the demo config (conf/portcullis.yaml); point them at your own config with
+// PATH_PUBLIC, PATH_KEYED, PATH_SECURE, PATH_CACHED, PATH_LIMITED (a prefix; the id is
+// appended), e.g. PATH_SECURE=/v1/orders.
+function route(name, dflt) {
+  const prefix = (__ENV[name] || dflt).replace(/\/+$/, '');
+  return (id) => `${BASE_URL}${prefix}/${id}`;
+}
 export const ROUTES = {
-  public: (id) => `${BASE_URL}/api/users/${id}`, // no auth
-  keyed: (id) => `${BASE_URL}/api/keyed/items/${id}`, // auth: { any_of: [api_key] }
-  secure: (id) => `${BASE_URL}/api/secure/items/${id}`, // auth: { any_of: [jwt] }
-  cached: (id) => `${BASE_URL}/api/cached/items/${id}`, // cache: { ttl: ... }
-  limited: (id) => `${BASE_URL}/api/limited/items/${id}`, // rate_limit: 10 req/s per client
+  public: route('PATH_PUBLIC', '/api/users'), // no auth
+  keyed: route('PATH_KEYED', '/api/keyed/items'), // auth: { any_of: [api_key] }
+  secure: route('PATH_SECURE', '/api/secure/items'), // auth: { any_of: [jwt] }
+  cached: route('PATH_CACHED', '/api/cached/items'), // cache: { ttl: ... }
+  limited: route('PATH_LIMITED', '/api/limited/items'), // rate_limit: 10 req/s per client
 };
 
 export function envInt(name, dflt) {

@@ -1,6 +1,9 @@
 //! The admin listener: `/healthz`, `/readyz`, and the token-protected `/admin/` API.
 //! A separate Pingora service, loopback by default, apart from client traffic.
 
+mod redact;
+mod ui;
+
 use crate::runtime::Runtime;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -55,6 +58,45 @@ pub async fn reload_and_log(
 }
 
 /// Constant-time check of `Authorization: Bearer <token>` against the configured digest.
+/// Totals for the status page's charts (it takes the differences between polls): requests,
+/// 5xx answers, and the request-duration histogram summed over routes (`[le, count]`,
+/// cumulative, as Prometheus keeps it).
+fn traffic() -> Value {
+    let mut requests = 0.0;
+    let mut errors = 0.0;
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for mf in crate::observe::metrics::METRICS.registry.gather() {
+        match mf.name() {
+            "portcullis_requests_total" => {
+                for m in mf.get_metric() {
+                    let v = m.get_counter().value();
+                    requests += v;
+                    let server_error = m
+                        .get_label()
+                        .iter()
+                        .any(|l| l.name() == "status" && l.value().starts_with('5'));
+                    if server_error {
+                        errors += v;
+                    }
+                }
+            }
+            "portcullis_request_duration_seconds" => {
+                for m in mf.get_metric() {
+                    for (i, b) in m.get_histogram().get_bucket().iter().enumerate() {
+                        match buckets.get_mut(i) {
+                            Some(slot) => slot.1 += b.cumulative_count() as f64,
+                            None => buckets.push((b.upper_bound(), b.cumulative_count() as f64)),
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let buckets: Vec<Value> = buckets.into_iter().map(|(le, c)| json!([le, c])).collect();
+    json!({ "requests": requests, "errors_5xx": errors, "latency_buckets": buckets })
+}
+
 fn authorized(session: &ServerSession, digest_hex: &str) -> bool {
     let Some(h) = session.get_header(http::header::AUTHORIZATION) else {
         return false;
@@ -131,14 +173,37 @@ impl AdminApp {
             };
             json!({ "min_version": min, "certificates": certs })
         });
+        let last_reload = self.runtime.last_reload.lock().clone().map(|r| {
+            json!({ "at_unix": r.at_unix, "ok": r.ok, "generation": r.generation,
+                    "errors": r.errors, "warnings": r.warnings })
+        });
         json!({
             "generation": snap.generation,
+            "traffic": traffic(),
+            "last_reload": last_reload,
             "uptime_seconds": self.runtime.started.elapsed().as_secs(),
             "routes": routes,
             "upstreams": upstreams,
             "cache": crate::cache::STATS.to_json(),
             "tls": tls,
         })
+    }
+
+    /// `/metrics` is open unless `server.admin.metrics_token_sha256` is set; then it takes
+    /// that token or the admin token.
+    fn metrics_allowed(&self, session: &ServerSession) -> bool {
+        let snap = self.runtime.snapshot();
+        let Some(admin) = snap.config.server.admin.as_ref() else {
+            return true;
+        };
+        let Some(metrics_digest) = admin.metrics_token_sha256.as_deref() else {
+            return true;
+        };
+        authorized(session, metrics_digest)
+            || admin
+                .token_sha256
+                .as_deref()
+                .is_some_and(|d| authorized(session, d))
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
@@ -176,20 +241,58 @@ impl AdminApp {
     }
 
     fn readyz(&self) -> Response<Vec<u8>> {
+        use crate::config::{ReadinessKeyword, ReadinessUpstreams};
         let snap = self.runtime.snapshot();
+        let rc = snap
+            .config
+            .server
+            .admin
+            .as_ref()
+            .map(|a| a.readiness.clone())
+            .unwrap_or_default();
+        let gates = |name: &str| match &rc.upstreams {
+            ReadinessUpstreams::Keyword(ReadinessKeyword::All) => true,
+            ReadinessUpstreams::Keyword(ReadinessKeyword::None) => false,
+            ReadinessUpstreams::List(l) => l.iter().any(|n| n == name),
+        };
         let mut ready = true;
-        let detail: serde_json::Map<String, Value> = snap
+        let mut why: Vec<String> = Vec::new();
+        let upstreams: serde_json::Map<String, Value> = snap
             .upstreams
             .iter()
             .map(|(name, u)| {
                 let healthy = u.healthy_count();
-                if healthy == 0 {
+                let gating = gates(name);
+                if healthy == 0 && gating {
                     ready = false;
+                    why.push(format!("upstream `{name}` has no healthy backend"));
                 }
                 (
                     name.clone(),
-                    json!({ "healthy_backends": healthy, "ready": healthy > 0 }),
+                    json!({ "healthy_backends": healthy, "ready": healthy > 0, "gates_readiness": gating }),
                 )
+            })
+            .collect();
+        let issuers: serde_json::Map<String, Value> = snap
+            .auth
+            .issuers
+            .iter()
+            .filter_map(|i| match &i.keys {
+                crate::auth::jwt::KeySource::Jwks(src) => {
+                    let loaded = src.loaded();
+                    if !loaded && rc.jwks {
+                        ready = false;
+                        why.push(format!(
+                            "issuer `{}`: its JWKS ({}) has not been loaded",
+                            i.name, src.url
+                        ));
+                    }
+                    Some((
+                        i.name.to_string(),
+                        json!({ "jwks_loaded": loaded, "keys": src.key_count(), "gates_readiness": rc.jwks }),
+                    ))
+                }
+                crate::auth::jwt::KeySource::Static(_) => None,
             })
             .collect();
         let status = if ready {
@@ -199,7 +302,8 @@ impl AdminApp {
         };
         reply(
             status,
-            json!({ "ready": ready, "generation": snap.generation, "upstreams": detail }),
+            json!({ "ready": ready, "generation": snap.generation, "not_ready_because": why,
+                    "upstreams": upstreams, "issuers": issuers }),
         )
     }
 
@@ -441,10 +545,15 @@ impl AdminApp {
         }
         match (method, path) {
             (&Method::GET, "/admin/status") => reply(StatusCode::OK, self.status()),
+            (&Method::GET, "/admin/config") => reply(
+                StatusCode::OK,
+                redact::running_config(&self.runtime.snapshot().config_text),
+            ),
             (&Method::POST, "/admin/reload") => match reload_and_log(&self.runtime).await {
                 Ok(o) => reply(
                     StatusCode::OK,
-                    json!({ "generation": o.generation, "routes": o.routes, "millis": o.millis }),
+                    json!({ "generation": o.generation, "routes": o.routes, "millis": o.millis,
+                            "warnings": o.warnings }),
                 ),
                 Err(errs) => {
                     let list: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
@@ -488,7 +597,23 @@ impl ServeHttp for AdminApp {
                 )
             }
             (&Method::GET, "/readyz") => self.readyz(),
-            (&Method::GET, "/metrics") => self.metrics(),
+            (&Method::GET, "/ui") => ui::page(),
+            (&Method::GET, "/metrics") => {
+                if self.metrics_allowed(session) {
+                    self.metrics()
+                } else {
+                    let mut r = error(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "/metrics needs the metrics (or admin) bearer token",
+                    );
+                    r.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static("Bearer realm=\"portcullis-metrics\""),
+                    );
+                    r
+                }
+            }
             (_, p) if p.starts_with("/admin/") => self.admin(session, &method, p).await,
             _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
         }

@@ -25,6 +25,7 @@ pub struct Issuer {
     validation: Validation,
     forward: Vec<(String, HeaderName)>,
     tier_claim: Option<String>,
+    scope_claims: Vec<String>,
     pub leeway: u64,
 }
 
@@ -179,6 +180,19 @@ impl Issuer {
             }
             match url.parse::<http::Uri>() {
                 Ok(u)
+                    if u.scheme_str() == Some("http")
+                        && !c.allow_insecure_http
+                        && !u.host().is_some_and(is_loopback_host) =>
+                {
+                    errors.push((
+                        "jwks_url".into(),
+                        format!(
+                            "`{url}` is plain http: signing keys fetched that way can be \
+                             replaced on the path; use https (or set allow_insecure_http: true)"
+                        ),
+                    ))
+                }
+                Ok(u)
                     if matches!(u.scheme_str(), Some("http") | Some("https"))
                         && u.host().is_some() =>
                 {
@@ -214,7 +228,12 @@ impl Issuer {
         } else {
             validation.set_audience(&c.audiences);
         }
-        validation.set_required_spec_claims(&["exp", "iss"]);
+        if c.audiences.is_empty() {
+            validation.set_required_spec_claims(&["exp", "iss"]);
+        } else {
+            // an issuer that names its audiences never accepts a token without one
+            validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        }
         Ok(Issuer {
             name: c.name.as_str().into(),
             iss: c.issuer.clone(),
@@ -223,6 +242,7 @@ impl Issuer {
             validation,
             forward,
             tier_claim: c.tier_claim.clone(),
+            scope_claims: c.scope_claims.clone(),
             leeway,
         })
     }
@@ -290,10 +310,13 @@ impl Issuer {
                 };
                 AuthFailure::invalid(reason, text)
             })?;
-        Ok(Arc::new(self.identity(data.claims)))
+        self.identity(data.claims).map(Arc::new)
     }
 
-    fn identity(&self, claims: Map<String, Value>) -> Identity {
+    /// The identity a verified token carries. A claim forwarded to the upstream that is not
+    /// a valid header value (a CR or LF, say) refuses the token: dropping it silently would
+    /// let the request through without the header the upstream relies on.
+    fn identity(&self, claims: Map<String, Value>) -> Result<Identity, AuthFailure> {
         let text = |v: &Value| -> Option<String> {
             match v {
                 Value::String(s) => Some(s.clone()),
@@ -303,10 +326,7 @@ impl Issuer {
             }
         };
         let mut scopes: Vec<String> = Vec::new();
-        if let Some(Value::String(s)) = claims.get("scope") {
-            scopes.extend(s.split_whitespace().map(str::to_string));
-        }
-        for k in ["scp", "scopes"] {
+        for k in &self.scope_claims {
             match claims.get(k) {
                 Some(Value::Array(a)) => {
                     scopes.extend(a.iter().filter_map(|v| v.as_str().map(str::to_string)))
@@ -315,15 +335,24 @@ impl Issuer {
                 _ => {}
             }
         }
-        let forward = self
-            .forward
-            .iter()
-            .filter_map(|(claim, h)| {
-                let v = text(claims.get(claim)?)?;
-                Some((h.clone(), HeaderValue::from_str(&v).ok()?))
-            })
-            .collect();
-        Identity {
+        let mut forward = Vec::with_capacity(self.forward.len());
+        for (claim, h) in &self.forward {
+            let Some(v) = claims.get(claim).and_then(text) else {
+                continue;
+            };
+            match HeaderValue::from_str(&v) {
+                Ok(v) if !v.as_bytes().iter().any(|b| *b < b' ' || *b == 0x7f) => {
+                    forward.push((h.clone(), v))
+                }
+                _ => {
+                    return Err(AuthFailure::invalid(
+                        "bad_claim",
+                        "a claim of the token cannot be forwarded as a header",
+                    ))
+                }
+            }
+        }
+        Ok(Identity {
             kind: IdKind::Jwt,
             subject: claims.get("sub").and_then(text).unwrap_or_default(),
             scopes,
@@ -336,8 +365,16 @@ impl Issuer {
             issuer: Some(self.name.clone()),
             jti: claims.get("jti").and_then(text),
             forward,
-        }
+        })
     }
+}
+
+/// `localhost`, `127.0.0.0/8` or `[::1]`: a JWKS there may be fetched over plain http.
+fn is_loopback_host(h: &str) -> bool {
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The unverified `iss` claim, used only to pick which issuer verifies the token.

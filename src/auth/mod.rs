@@ -252,10 +252,18 @@ impl Auth {
                     pol.jwt = true;
                     pol.issuer = Some(*i);
                 }
-                None => p.push(
-                    format!("{base}.jwt"),
-                    format!("unknown JWT issuer `{name}`"),
-                ),
+                // an issuer that is configured but failed to build has its own error
+                None if self.config.jwt.iter().any(|j| &j.name == name) => {}
+                None => {
+                    let hint = crate::config::suggest(
+                        name,
+                        self.config.jwt.iter().map(|j| j.name.as_str()),
+                    );
+                    p.push(
+                        format!("{base}.jwt"),
+                        format!("unknown JWT issuer `{name}`{hint}"),
+                    )
+                }
             }
         }
         if c.any_of.is_none() && c.jwt.is_none() {

@@ -1,36 +1,30 @@
 //! Cache keys.
 //!
-//! The primary key starts with the normalised path and sorted query, then a NUL byte (neither
-//! can contain one: the path normaliser rejects control characters and a URI cannot carry
-//! them), then length-prefixed components:
+//! A key is made of what the gateway forwards, and nothing the upstream does not see: the
+//! canonical request view's path and query (the query byte for byte, less an API-key
+//! parameter, which is removed before forwarding too), the canonical `Host` value, the
+//! route's unique identity, then what varies per client. The primary key starts with the
+//! path and query, then a NUL byte (neither can contain one: the view refuses control
+//! characters), then length-prefixed components:
 //!
 //! ```text
-//! /api/x?a=1&b=2 \0 | GET | host | route name | settings hash | identity | key headers...
+//! /api/x?b=2&a=1 \0 | GET | host[:port] | route id | settings hash | identity | key headers...
 //! ```
 //!
 //! Leading with the path makes purges simple byte-prefix matches over the stored primaries:
 //! `{"prefix": "/api/"}` removes every entry under `/api/` (all hosts, identities and
 //! variants), `{"key": "/api/x?a=1"}` every entry of exactly that path and query (the prefix
-//! `"/api/x?a=1\0"`). HEAD shares GET's entries: pingora fetches a full GET for a HEAD miss.
-//! `Vary` is not in the primary key: pingora keys the variants by [`super::variance`].
+//! `"/api/x?a=1\0"`). The query is not reordered: `?a=1&a=2` and `?a=2&a=1` may mean
+//! different things to an upstream, so they are different entries. HEAD shares GET's
+//! entries: pingora fetches a full GET for a HEAD miss. `Vary` is not in the primary key:
+//! pingora keys the variants by [`super::variance`].
 
 use super::RouteCache;
 use crate::auth::Identity;
 use crate::routing::path;
 use pingora_cache::CacheKey;
 use pingora_http::RequestHeader;
-
-/// The query with empty pairs and `drop` (a parameter name, e.g. an API-key parameter) removed,
-/// pairs sorted, so that `?b=2&a=1` and `?a=1&b=2` share an entry.
-pub fn normalize_query(query: &str, drop: Option<&str>) -> String {
-    let mut pairs: Vec<&str> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter(|p| drop.is_none_or(|d| p.split_once('=').map_or(*p, |(k, _)| k) != d))
-        .collect();
-    pairs.sort_unstable();
-    pairs.join("&")
-}
+use std::borrow::Cow;
 
 fn push_component(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
@@ -50,25 +44,34 @@ fn resource(path: &str, query: &str) -> Vec<u8> {
     out
 }
 
-/// Everything the key is made of, taken from the request and the proxy context.
+/// Everything the key is made of, taken from the request view and the proxy context.
 pub struct KeyInput<'a> {
+    /// For the route's `key_headers`.
     pub req: &'a RequestHeader,
-    pub route_name: &'a str,
+    /// The canonical view's normalised path, query and `host[:port]`.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub authority: &'a str,
+    /// The route's unique identity (`Route::cache_id`).
+    pub route_id: &'a str,
     pub route: &'a RouteCache,
     pub identity: Option<&'a Identity>,
-    /// A query parameter that carried the API key: not part of the key.
+    /// A query parameter that carried the API key: removed before forwarding, so not keyed.
     pub credential_param: Option<&'a str>,
 }
 
 /// The cache key of this request (`cache_key_callback`).
-pub fn build(input: &KeyInput<'_>) -> Result<CacheKey, path::PathError> {
+pub fn build(input: &KeyInput<'_>) -> CacheKey {
     let req = input.req;
-    let normalized = path::normalize(req.uri.path())?;
-    let query = normalize_query(req.uri.query().unwrap_or(""), input.credential_param);
-    let mut primary = resource(&normalized, &query);
+    let query: Cow<'_, str> = match (input.query, input.credential_param) {
+        (None, _) => Cow::Borrowed(""),
+        (Some(q), None) => Cow::Borrowed(q),
+        (Some(q), Some(param)) => Cow::Owned(crate::auth::query_without(q, param)),
+    };
+    let mut primary = resource(input.path, &query);
     push_component(&mut primary, b"GET");
-    push_component(&mut primary, crate::routing::request_host(req).as_bytes());
-    push_component(&mut primary, input.route_name.as_bytes());
+    push_component(&mut primary, input.authority.as_bytes());
+    push_component(&mut primary, input.route_id.as_bytes());
     push_component(&mut primary, input.route.tag.as_bytes());
     match input.identity.filter(|_| input.route.per_identity) {
         Some(id) => {
@@ -89,15 +92,15 @@ pub fn build(input: &KeyInput<'_>) -> Result<CacheKey, path::PathError> {
         }
         push_component(&mut primary, &value);
     }
-    Ok(CacheKey::new(primary, input.route_name))
+    CacheKey::new(primary, input.route_id)
 }
 
 /// The stored-primary prefix shared by every entry of exactly this `path?query` (as a client
-/// would request it: the path is normalised and the query sorted like request keys).
+/// would request it: the path is normalised like request paths, the query taken as given).
 pub fn purge_key_prefix(key: &str) -> Result<Vec<u8>, String> {
     let (p, q) = key.split_once('?').unwrap_or((key, ""));
     let normalized = path::normalize(p).map_err(|e| format!("`key`: {}", e.message()))?;
-    Ok(resource(&normalized, &normalize_query(q, None)))
+    Ok(resource(&normalized, q))
 }
 
 /// The stored-primary prefix of every entry under `prefix` (a path prefix, optionally with
@@ -149,14 +152,34 @@ mod tests {
     }
 
     fn key(r: &RequestHeader, rc: &RouteCache, id: Option<&Identity>) -> CacheKey {
+        key_on(r, rc, id, "r")
+    }
+
+    fn key_on(r: &RequestHeader, rc: &RouteCache, id: Option<&Identity>, route: &str) -> CacheKey {
+        let host = r.headers.get("host").unwrap().as_bytes();
+        let hosts = [host];
+        let v = crate::view::build(
+            &crate::view::Head {
+                target: r.raw_path(),
+                method: &r.method,
+                version: http::Version::HTTP_11,
+                hosts: &hosts,
+                h2_authority: None,
+                tls: false,
+            },
+            path::EscapedSlashes::Reject,
+        )
+        .unwrap();
         build(&KeyInput {
             req: r,
-            route_name: "r",
+            path: &v.path,
+            query: v.query.as_deref(),
+            authority: &v.authority,
+            route_id: route,
             route: rc,
             identity: id,
             credential_param: Some("api_key"),
         })
-        .unwrap()
     }
 
     fn ident(subject: &str) -> Identity {
@@ -167,21 +190,33 @@ mod tests {
     }
 
     #[test]
-    fn query_is_normalised() {
-        assert_eq!(normalize_query("b=2&a=1&&", None), "a=1&b=2");
-        assert_eq!(
-            normalize_query("a=1&api_key=s3cr3t", Some("api_key")),
-            "a=1"
-        );
+    fn key_is_what_is_forwarded() {
         let rc = route(false, false, &[]);
-        let a = key(&req("/x?b=2&a=1", &[]), &rc, None);
-        let b = key(&req("/x?a=1&b=2&api_key=k", &[]), &rc, None);
+        let a = key(&req("/x?a=1&b=2", &[]), &rc, None);
+        // the API-key parameter is removed before forwarding, and from the key
+        let b = key(&req("/x?a=1&api_key=k&b=2", &[]), &rc, None);
         let c = key(&req("/.//x?a=1&b=2", &[]), &rc, None);
         assert_eq!(a.primary_bin(), b.primary_bin());
         assert_eq!(a.primary_bin(), c.primary_bin());
         assert!(a.primary_key().starts_with(b"/x?a=1&b=2\0"));
-        let d = key(&req("/x?a=1", &[]), &rc, None);
+        // the query is not reordered: the upstream sees these differently
+        let d = key(&req("/x?b=2&a=1", &[]), &rc, None);
         assert_ne!(a.primary_bin(), d.primary_bin());
+        // the port is part of the forwarded Host; the case and a trailing dot are not
+        let mut other_port = req("/x?a=1&b=2", &[]);
+        other_port
+            .insert_header("host", "api.example.com:9090")
+            .unwrap();
+        assert_ne!(a.primary_bin(), key(&other_port, &rc, None).primary_bin());
+        let mut same = req("/x?a=1&b=2", &[]);
+        same.insert_header("host", "api.EXAMPLE.com.:8080").unwrap();
+        assert_eq!(a.primary_bin(), key(&same, &rc, None).primary_bin());
+        // two routes never share an entry
+        let r = req("/x", &[]);
+        assert_ne!(
+            key_on(&r, &rc, None, "route-a").primary_bin(),
+            key_on(&r, &rc, None, "route-b").primary_bin()
+        );
     }
 
     #[test]
@@ -223,7 +258,7 @@ mod tests {
     fn purge_prefixes() {
         assert_eq!(
             purge_key_prefix("/api/x?b=2&a=1").unwrap(),
-            b"/api/x?a=1&b=2\0"
+            b"/api/x?b=2&a=1\0"
         );
         assert_eq!(purge_key_prefix("/api//x").unwrap(), b"/api/x\0");
         assert_eq!(purge_path_prefix("/api/").unwrap(), b"/api/");

@@ -6,7 +6,7 @@
 //! non-limited requests ever reach a cached response):
 //!
 //! 1. [`enable`]: GET/HEAD on a caching route turns pingora's cache on for this request.
-//! 2. [`key::build`]: the primary key (normalised path + sorted query, then method, host, route,
+//! 2. [`key::build`]: the primary key (normalised path + query as forwarded, then method, host, route,
 //!    a hash of the route's cache settings, the identity, the configured key headers).
 //! 3. Lookup; [`variance`] picks the variant named by the stored response's `Vary`;
 //!    [`hit_filter`] forces revalidation for a request's `Cache-Control: no-cache`.

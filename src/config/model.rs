@@ -277,6 +277,18 @@ pub struct JwtIssuerConfig {
     /// Claim holding the client's rate-limit tier.
     #[serde(default)]
     pub tier_claim: Option<String>,
+    /// Accept a `jwks_url` over plain `http://` to a host that is not loopback. Keys fetched
+    /// that way can be replaced by anyone on the path: off by default.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// Claims that carry the token's scopes: space-separated strings or arrays (Auth0 puts
+    /// them in `permissions`).
+    #[serde(default = "default_scope_claims")]
+    pub scope_claims: Vec<String>,
+}
+
+fn default_scope_claims() -> Vec<String> {
+    ["scope", "scp", "scopes"].map(String::from).to_vec()
 }
 
 fn default_jwks_refresh() -> Dur {
@@ -380,10 +392,93 @@ pub struct ServerConfig {
     /// Read at start-up.
     #[serde(default = "default_read_buffer")]
     pub read_buffer: ByteSize,
+    /// How request paths are read before matching.
+    #[serde(default)]
+    pub paths: PathsConfig,
+    /// Which client request headers reach upstreams.
+    #[serde(default)]
+    pub headers: RequestHeadersConfig,
 }
 
 fn default_read_buffer() -> ByteSize {
     ByteSize(0)
+}
+
+/// `server.paths`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PathsConfig {
+    /// `%2F`, `%5C` and a raw `\`: `reject` (400, default), `keep` (escaped, never a
+    /// separator) or `decode` (to `/`, then normalised).
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashesConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashesConfig {
+    #[default]
+    Reject,
+    Keep,
+    Decode,
+}
+
+/// `server.headers`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RequestHeadersConfig {
+    /// Header names with `_`: `drop` (default, like nginx's `underscores_in_headers off`),
+    /// `keep`, or `reject` (400). Many frameworks read `X_Auth_User` as `X-Auth-User`.
+    #[serde(default)]
+    pub underscores: UnderscoresConfig,
+    /// Removed from requests unless the peer is a trusted proxy (replaces the default list).
+    #[serde(default = "default_strip_untrusted")]
+    pub strip_untrusted: Vec<String>,
+}
+
+impl Default for RequestHeadersConfig {
+    fn default() -> Self {
+        RequestHeadersConfig {
+            underscores: UnderscoresConfig::default(),
+            strip_untrusted: default_strip_untrusted(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoresConfig {
+    #[default]
+    Drop,
+    Keep,
+    Reject,
+}
+
+/// Headers through which a client could claim an address, a scheme, a path or a method the
+/// gateway did not see; only a trusted proxy may send them.
+pub fn default_strip_untrusted() -> Vec<String> {
+    [
+        "forwarded",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+        "x-forwarded-ssl",
+        "x-forwarded-scheme",
+        "x-url-scheme",
+        "true-client-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-original-url",
+        "x-original-uri",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// `allow` (if not empty) must contain the client; `deny` must not. CIDR blocks or IPs.
@@ -502,6 +597,8 @@ impl Default for ServerConfig {
             tls: None,
             h2c: true,
             read_buffer: default_read_buffer(),
+            paths: PathsConfig::default(),
+            headers: RequestHeadersConfig::default(),
         }
     }
 }
@@ -574,6 +671,55 @@ pub struct AdminConfig {
     /// Hex SHA-256 of the admin bearer token. Without it the `/admin/` API is disabled.
     #[serde(default)]
     pub token_sha256: Option<String>,
+    /// Hex SHA-256 of a bearer token `/metrics` requires (it lists routes and backend
+    /// addresses). Without it `/metrics` is open to whoever reaches the admin listener.
+    #[serde(default)]
+    pub metrics_token_sha256: Option<String>,
+    /// What `/readyz` waits for.
+    #[serde(default)]
+    pub readiness: ReadinessConfig,
+}
+
+/// `server.admin.readiness`: which dependencies gate `/readyz`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReadinessConfig {
+    /// `all` (default: every upstream needs a healthy backend), `none`, or a list of names.
+    #[serde(default)]
+    pub upstreams: ReadinessUpstreams,
+    /// Every JWKS issuer must have loaded its keys (default true).
+    #[serde(default = "default_true")]
+    pub jwks: bool,
+}
+
+impl Default for ReadinessConfig {
+    fn default() -> Self {
+        ReadinessConfig {
+            upstreams: ReadinessUpstreams::default(),
+            jwks: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ReadinessUpstreams {
+    /// `all` or `none`.
+    Keyword(ReadinessKeyword),
+    List(Vec<String>),
+}
+
+impl Default for ReadinessUpstreams {
+    fn default() -> Self {
+        ReadinessUpstreams::Keyword(ReadinessKeyword::All)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadinessKeyword {
+    All,
+    None,
 }
 
 fn default_admin_listen() -> String {
@@ -1028,6 +1174,15 @@ pub struct RouteConfig {
     /// Keep the client's `Host` header (default); `false` sends the backend address.
     #[serde(default = "default_true")]
     pub preserve_host: bool,
+    /// A request whose method this route does not allow goes on to less specific routes
+    /// instead of getting a 405. Off by default: a less specific route may have weaker
+    /// auth, so the method alone would choose who may call it.
+    #[serde(default)]
+    pub method_fallthrough: bool,
+    /// Query parameters whose values the access log replaces with `REDACTED` (`"*"`: all).
+    /// An API key sent as a query parameter never reaches the log.
+    #[serde(default)]
+    pub log_redact_query: Vec<String>,
     #[serde(default)]
     pub auth: Option<RouteAuthConfig>,
     /// Rate-limit policies (names under `rate_limits.policies`); all must pass.

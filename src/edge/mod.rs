@@ -5,6 +5,8 @@
 use crate::config::{
     CompressionConfig, CorsConfig, IpRulesConfig, LimitsConfig, Problems, SecurityHeadersConfig,
 };
+pub mod headers;
+
 use crate::proxy::respond::Reject;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;

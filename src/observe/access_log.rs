@@ -24,6 +24,8 @@ pub struct Record {
     pub identity: Option<String>,
     pub method: http::Method,
     pub path: String,
+    /// The query as forwarded, with the route's `log_redact_query` values replaced.
+    pub query: Option<String>,
     pub route: Option<Arc<str>>,
     pub upstream: Option<Arc<str>>,
     pub backend: Option<SocketAddr>,
@@ -205,6 +207,8 @@ pub fn write_line(r: &Record, out: &mut Vec<u8>) {
     s(out, r.method.as_str());
     out.extend_from_slice(b",\"path\":");
     s(out, &r.path);
+    out.extend_from_slice(b",\"query\":");
+    opt(out, r.query.as_deref());
     out.extend_from_slice(b",\"route\":");
     opt(out, r.route.as_deref());
     out.extend_from_slice(b",\"upstream\":");
@@ -434,6 +438,7 @@ mod tests {
             identity: None,
             method: http::Method::GET,
             path: "/a\\b".into(),
+            query: Some("a=1".into()),
             route: Some("r".into()),
             upstream: None,
             backend: Some("127.0.0.1:80".parse().unwrap()),

@@ -35,6 +35,13 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub access_log_dropped: IntCounter,
     pub build_info: IntGaugeVec,
+    /// Answers the gateway made itself (4xx/5xx), by the reason code of their JSON body.
+    pub rejections: IntCounterVec,
+    /// Per backend: attempts by outcome (as the breaker saw them), and response latency.
+    pub backend_attempts: IntCounterVec,
+    pub backend_duration: HistogramVec,
+    /// Credentials naming a rate-limit tier the config does not have.
+    pub unknown_tiers: IntCounter,
 }
 
 // Definitions are constants: a bad one fails the first test that records a metric.
@@ -195,8 +202,38 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
             "Build information",
             &["version"],
         ),
+        rejections: counter_vec(
+            &r,
+            "portcullis_rejections_total",
+            "Responses the gateway made itself, by reason (the JSON body's error code)",
+            &["reason"],
+        ),
+        backend_attempts: counter_vec(
+            &r,
+            "portcullis_backend_attempts_total",
+            "Upstream attempts per backend by outcome (success or failure, as the breaker counts)",
+            &["upstream", "backend", "outcome"],
+        ),
+        backend_duration: hist_vec(
+            &r,
+            "portcullis_backend_response_duration_seconds",
+            "Time from choosing a backend to its response header, per backend",
+            &["upstream", "backend"],
+        ),
+        unknown_tiers: counter(
+            &r,
+            "portcullis_ratelimit_unknown_tier_total",
+            "Requests whose credential named a tier absent from rate_limits.tiers",
+        ),
         registry: r,
     };
+    // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ...
+    #[cfg(target_os = "linux")]
+    {
+        let _ = m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+    }
     m.build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
@@ -297,6 +334,33 @@ impl RouteMetrics {
                     self.upstreams[up].as_str(),
                 ])
                 .inc(),
+        }
+    }
+}
+
+/// Count an answer the gateway made itself (`reason` is its JSON error code).
+pub fn rejection(reason: &'static str) {
+    METRICS.rejections.with_label_values(&[reason]).inc();
+}
+
+/// One backend's series, resolved once when the backend is created.
+pub struct BackendMetrics {
+    pub success: IntCounter,
+    pub failure: IntCounter,
+    pub duration: Histogram,
+}
+
+impl BackendMetrics {
+    pub fn new(upstream: &str, backend: &str) -> BackendMetrics {
+        let m = &METRICS;
+        BackendMetrics {
+            success: m
+                .backend_attempts
+                .with_label_values(&[upstream, backend, "success"]),
+            failure: m
+                .backend_attempts
+                .with_label_values(&[upstream, backend, "failure"]),
+            duration: m.backend_duration.with_label_values(&[upstream, backend]),
         }
     }
 }

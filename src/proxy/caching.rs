@@ -44,15 +44,20 @@ pub fn cache_key(session: &Session, ctx: &Ctx) -> Result<CacheKey> {
     } else {
         None
     };
+    let Some(view) = ctx.view.as_ref() else {
+        return Error::e_explain(ErrorType::InternalError, "cache key without a request view");
+    };
     let input = crate::cache::key::KeyInput {
         req: session.req_header(),
-        route_name: &route.name,
+        path: &view.path,
+        query: view.query.as_deref(),
+        authority: &view.authority,
+        route_id: &route.cache_id,
         route: route_cache,
         identity: ctx.identity.as_deref(),
         credential_param,
     };
-    crate::cache::key::build(&input)
-        .or_else(|e| Error::e_explain(ErrorType::InternalError, e.message()))
+    Ok(crate::cache::key::build(&input))
 }
 
 /// A stale entry is about to be served instead of an upstream failure: the failure still

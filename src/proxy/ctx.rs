@@ -16,6 +16,9 @@ pub struct Ctx {
     pub route: Option<usize>,
     /// A response decided before proxying (404, 405, 400, ...), written in `request_filter`.
     pub reject: Option<Reject>,
+    /// The canonical view of the request (`crate::view`): set in `early_request_filter`
+    /// for every request that gets past the head checks.
+    pub view: Option<crate::view::RequestView>,
     /// The path (and query) to send upstream, when it differs from the request's.
     pub forward_uri: Option<String>,
     pub client_ip: Option<IpAddr>,
@@ -73,6 +76,7 @@ impl Default for Ctx {
             snapshot: None,
             route: None,
             reject: None,
+            view: None,
             forward_uri: None,
             client_ip: None,
             peer_ip: None,

@@ -30,13 +30,15 @@ pub fn client_ip(snap: &Snapshot, peer: IpAddr, req: &RequestHeader) -> (IpAddr,
     (client, true)
 }
 
-/// Set `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP` on the upstream request.
+/// Set `X-Forwarded-For`, `-Proto`, `-Host` (the canonical `authority`) and `X-Real-IP` on
+/// the upstream request.
 pub fn apply(
     req: &mut RequestHeader,
     peer: Option<IpAddr>,
     client: Option<IpAddr>,
     trusted: bool,
     tls: bool,
+    authority: &str,
 ) -> pingora_error::Result<()> {
     let peer_v = match peer {
         Some(p) => hdr::ip_header(p),
@@ -61,13 +63,14 @@ pub fn apply(
         req.set(&hdr::X_FORWARDED_PROTO, proto)?;
     }
     if !(trusted && req.headers.contains_key("x-forwarded-host")) {
-        let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
-            req.uri
-                .authority()
-                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-        });
-        match host {
-            Some(h) => req.set(&hdr::X_FORWARDED_HOST, h)?,
+        let value = match req.headers.get(http::header::HOST) {
+            _ if authority.is_empty() => None,
+            // the usual case: the client's Host is canonical already (no copy)
+            Some(h) if h.as_bytes() == authority.as_bytes() => Some(h.clone()),
+            _ => Some(hdr::text(authority)?),
+        };
+        match value {
+            Some(v) => req.set(&hdr::X_FORWARDED_HOST, v)?,
             None => {
                 req.remove_header("x-forwarded-host");
             }

@@ -22,6 +22,11 @@ pub fn client_gone(e: &Error) -> bool {
 }
 
 pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
+    // the reason of an answer the gateway made itself: the code its JSON body carries
+    let reason = ctx.reject.as_ref().map(|r| r.code);
+    if let Some(r) = reason {
+        metrics::rejection(r);
+    }
     if ctx.in_flight {
         METRICS.in_flight.dec();
         ctx.in_flight = false;
@@ -89,7 +94,21 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             .as_ref()
             .map(|i| [i.kind.as_str(), ":", i.subject.as_str()].concat()),
         method: req.method.clone(),
-        path: req.uri.path().to_string(),
+        // the canonical path when the request got that far, else what was received
+        path: match &ctx.view {
+            Some(v) => v.path.clone(),
+            None => req.uri.path().to_string(),
+        },
+        query: ctx.view.as_ref().and_then(|v| {
+            let q = v.query.as_deref()?;
+            let key_param = snap
+                .auth
+                .api_keys
+                .as_ref()
+                .and_then(|k| k.query_param.as_deref());
+            let redact = ctx.route().map_or(&[][..], |r| &r.log_redact_query[..]);
+            Some(logged_query(q, key_param, redact))
+        }),
         route,
         upstream: upstream_name,
         backend: ctx.backend.as_ref().map(|b| b.0.addr),
@@ -104,12 +123,63 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             .rate_limit
             .as_ref()
             .map(|o| (o.policy.clone(), o.remaining, o.retry_after.is_some())),
-        error: e.map(|e| {
-            if gone {
-                "client_closed".to_string()
-            } else {
-                e.etype().as_str().to_string()
-            }
-        }),
+        error: match (reason, e) {
+            (Some(code), _) => Some(code.to_string()),
+            (None, Some(_)) if gone => Some("client_closed".to_string()),
+            (None, Some(e)) => Some(e.etype().as_str().to_string()),
+            (None, None) => None,
+        },
     });
+}
+
+/// The query for the log: an API-key parameter removed (the key is a credential), the
+/// values of `redact` (`*`: every parameter) replaced by `REDACTED`.
+fn logged_query(query: &str, key_param: Option<&str>, redact: &[String]) -> String {
+    let all = redact.iter().any(|r| r == "*");
+    let mut out = String::with_capacity(query.len());
+    for pair in query.split('&') {
+        let (k, v) = match pair.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (pair, None),
+        };
+        if key_param == Some(k) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(k);
+        if let Some(v) = v {
+            out.push('=');
+            if all || redact.iter().any(|r| r == k) {
+                out.push_str("REDACTED");
+            } else {
+                out.push_str(v);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logged_query;
+
+    #[test]
+    fn query_redaction() {
+        let r = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(logged_query("a=1&b=2", None, &[]), "a=1&b=2");
+        assert_eq!(
+            logged_query(
+                "a=1&api_key=s3cr3t&token=t",
+                Some("api_key"),
+                &r(&["token"])
+            ),
+            "a=1&token=REDACTED"
+        );
+        assert_eq!(
+            logged_query("a=1&flag", None, &r(&["*"])),
+            "a=REDACTED&flag"
+        );
+    }
 }

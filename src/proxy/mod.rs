@@ -42,6 +42,10 @@ impl ProxyHttp for Gateway {
         Ctx::default()
     }
 
+    fn invalid_request_response(&self, e: &Error) -> Option<(ResponseHeader, bytes::Bytes)> {
+        respond::invalid_request(e)
+    }
+
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         request::begin(&self.runtime, session, ctx).await
     }

@@ -118,12 +118,14 @@ pub async fn choose(session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer
 
 /// `upstream_request_filter`: forwarding headers, identity, rewrites, header operations.
 pub fn prepare_request(upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    let authority = ctx.view.as_ref().map_or("", |v| v.authority.as_str());
     forwarded::apply(
         upstream_request,
         ctx.peer_ip,
         ctx.client_ip,
         ctx.peer_trusted,
         ctx.tls,
+        authority,
     )?;
     upstream_request.set(&hdr::X_REQUEST_ID, hdr::text(&ctx.request_id)?)?;
     upstream_request.set(&hdr::TRACEPARENT, hdr::text(&ctx.traceparent)?)?;
@@ -164,6 +166,14 @@ pub fn prepare_request(upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> R
             if let Some(b) = &ctx.backend {
                 upstream_request.set(&hdr::HOST, b.0.host_header.clone())?;
             }
+        } else if let Some(v) = ctx.view.as_ref().filter(|v| !v.host_header_canonical) {
+            // the Host routed on is the Host forwarded: canonical, from the target's
+            // authority when it had one
+            if v.authority.is_empty() {
+                upstream_request.remove_header(&http::header::HOST);
+            } else {
+                upstream_request.set(&hdr::HOST, hdr::text(&v.authority)?)?;
+            }
         }
         route.request_headers.apply(upstream_request)?;
     }
@@ -181,6 +191,9 @@ pub fn on_response(session: &mut Session, resp: &ResponseHeader, ctx: &mut Ctx) 
         let d = t.elapsed();
         ctx.upstream_us = Some(d.as_micros() as u64);
         upstream.metrics.duration.observe(d.as_secs_f64());
+        if let Some(b) = &ctx.backend {
+            b.0.metrics.duration.observe(d.as_secs_f64());
+        }
     }
     if upstream.is_failure_status(status) {
         attempt::record_failure(ctx);
@@ -206,7 +219,10 @@ fn hash_key(session: &Session, ctx: &Ctx, key: &HashKey) -> Vec<u8> {
             Some(std::net::IpAddr::V6(a)) => a.octets().to_vec(),
             None => Vec::new(),
         },
-        HashKey::Path => req.uri.path().as_bytes().to_vec(),
+        HashKey::Path => match &ctx.view {
+            Some(v) => v.path.as_bytes().to_vec(),
+            None => req.uri.path().as_bytes().to_vec(),
+        },
         HashKey::Header(h) => req
             .headers
             .get(h)

@@ -5,7 +5,7 @@ use super::ctx::Ctx;
 use super::respond::{self, Reject};
 use super::{edge, forwarded};
 use crate::observe::request_id;
-use crate::routing::{self, path, Lookup};
+use crate::routing::{self, Lookup};
 use crate::runtime::Runtime;
 use pingora_error::Result;
 use pingora_http::RequestHeader;
@@ -48,10 +48,62 @@ pub async fn begin(runtime: &Runtime, session: &mut Session, ctx: &mut Ctx) -> R
         ctx.snapshot = Some(snap);
         return Ok(());
     }
+    // one canonical view of the request, before anything is decided on it
+    if let Err(why) = crate::edge::headers::scrub(
+        session.req_header_mut(),
+        &snap.header_policy,
+        ctx.peer_trusted,
+    ) {
+        ctx.reject = Some(Reject::new(400, "bad_request", why));
+        ctx.snapshot = Some(snap);
+        return Ok(());
+    }
+    match request_view(session, ctx.tls, snap.escaped_slashes) {
+        Ok(v) => ctx.view = Some(v),
+        Err(e) => {
+            ctx.reject = Some(Reject::new(400, "bad_request", e.message()));
+            ctx.snapshot = Some(snap);
+            return Ok(());
+        }
+    }
     ctx.snapshot = Some(snap);
     route_request(session, ctx);
     edge::enable_compression(session, ctx);
     Ok(())
+}
+
+/// The canonical view of the request (`crate::view`) from its head.
+fn request_view(
+    session: &Session,
+    tls: bool,
+    slashes: crate::routing::path::EscapedSlashes,
+) -> Result<crate::view::RequestView, crate::view::ViewError> {
+    let req = session.req_header();
+    let mut hosts: [&[u8]; 2] = [b""; 2];
+    let mut n = 0;
+    for h in req.headers.get_all(http::header::HOST) {
+        if n == hosts.len() {
+            break;
+        }
+        hosts[n] = h.as_bytes();
+        n += 1;
+    }
+    let h2_authority = if req.version == http::Version::HTTP_2 {
+        req.uri.authority().map(|a| a.as_str())
+    } else {
+        None
+    };
+    crate::view::build(
+        &crate::view::Head {
+            target: req.raw_path(),
+            method: &req.method,
+            version: req.version,
+            hosts: &hosts[..n],
+            h2_authority,
+            tls,
+        },
+        slashes,
+    )
 }
 
 /// `request_filter`: edge rules, auth, rate limits. `Ok(true)` when the response is sent.
@@ -81,45 +133,44 @@ pub async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
     Ok(false)
 }
 
-/// Route the request: normalise the path, match host + path + method, compute the
+/// Route the request by its canonical view: match host + path + method, compute the
 /// forwarded URI. Any problem becomes `ctx.reject`.
 fn route_request(session: &Session, ctx: &mut Ctx) {
-    let Some(snap) = ctx.snapshot.clone() else {
+    let (Some(snap), Some(view)) = (ctx.snapshot.clone(), ctx.view.as_ref()) else {
         return;
     };
     let req = session.req_header();
-    let raw_path = req.uri.path();
-    let normalized = match path::normalize(raw_path) {
-        Ok(p) => p,
-        Err(e) => {
-            ctx.reject = Some(Reject::new(400, "bad_request", e.message()));
-            return;
-        }
-    };
-    let host = routing::request_host(req);
-    let segs = routing::segments(&normalized);
+    if view.form == crate::view::Form::Asterisk {
+        // `OPTIONS *` asks about the server, not a resource: no route, no upstream
+        ctx.reject = Some(
+            Reject::new(400, "bad_request", "`OPTIONS *` is not forwarded")
+                .header("allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
+        );
+        return;
+    }
+    let segs = routing::segments(&view.path);
     // a CORS preflight is routed as the request it announces
     let preflight_method = crate::edge::is_preflight(req)
         .then(|| req.headers.get(http::header::ACCESS_CONTROL_REQUEST_METHOD))
         .flatten()
         .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
     let method = preflight_method.as_ref().unwrap_or(&req.method);
-    match snap.router.lookup(&host, &segs, method, &req.headers) {
+    match snap.router.lookup(&view.host, &segs, method, &req.headers) {
         Lookup::Found(i) => {
             ctx.route = Some(i);
             let route = &snap.routes[i];
             let new_path: Option<String> = if let Some(rw) = &route.rewrite {
                 Some(rw.apply(&segs))
             } else if let Some(prefix) = &route.strip_prefix {
-                routing::pattern::strip_prefix(&normalized, prefix).map(str::to_string)
-            } else if let std::borrow::Cow::Owned(p) = &normalized {
-                Some(p.clone())
+                routing::pattern::strip_prefix(&view.path, prefix).map(str::to_string)
             } else {
                 None
-            };
+            }
+            // the upstream gets the canonical target, never the bytes received
+            .or_else(|| view.target_changed().then(|| view.path.clone()));
             if let Some(p) = new_path {
                 let mut uri = p;
-                if let Some(q) = req.uri.query() {
+                if let Some(q) = &view.query {
                     uri.push('?');
                     uri.push_str(q);
                 }

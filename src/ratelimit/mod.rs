@@ -258,10 +258,13 @@ impl RateLimits {
         for (i, n) in names.iter().enumerate() {
             match self.by_name.get(n) {
                 Some(idx) => out.push(*idx),
-                None => p.push(
-                    format!("{base}[{i}]"),
-                    format!("unknown rate-limit policy `{n}`"),
-                ),
+                None => {
+                    let hint = crate::config::suggest(n, self.by_name.keys().map(|k| k.as_str()));
+                    p.push(
+                        format!("{base}[{i}]"),
+                        format!("unknown rate-limit policy `{n}`{hint}"),
+                    )
+                }
             }
         }
         out
@@ -286,7 +289,10 @@ impl RateLimits {
             let (label, limiter) = match (&policy.key, k.identity.and_then(|i| i.tier.as_deref())) {
                 (KeyKind::Client, Some(t)) if k.identity.is_some() => match policy.tiers.get(t) {
                     Some((label, l)) => (label.clone(), l.as_ref()),
-                    None => (policy.name.clone(), policy.base.as_ref()),
+                    None => {
+                        unknown_tier(t);
+                        (policy.name.clone(), policy.base.as_ref())
+                    }
                 },
                 _ => (policy.name.clone(), policy.base.as_ref()),
             };
@@ -330,6 +336,23 @@ impl RateLimits {
             }
         }
         Ok(closest)
+    }
+}
+
+/// A credential names a tier the config does not have: it gets the policy's own numbers.
+/// Counted, and logged once per tier name (a typo in an identity provider's claim would
+/// otherwise go unnoticed).
+fn unknown_tier(tier: &str) {
+    static SEEN: std::sync::LazyLock<parking_lot::Mutex<std::collections::HashSet<String>>> =
+        std::sync::LazyLock::new(Default::default);
+    crate::observe::metrics::METRICS.unknown_tiers.inc();
+    let mut seen = SEEN.lock();
+    // bounded: a flood of made-up tiers stops being logged, never grows the set past this
+    if seen.len() < 1024 && seen.insert(tier.to_string()) {
+        log::warn!(
+            "a credential names the rate-limit tier `{tier}`, which rate_limits.tiers does not \
+             have: the policy's own limits apply (logged once per tier)"
+        );
     }
 }
 

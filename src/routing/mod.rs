@@ -8,9 +8,12 @@
 //! routes without a host. Within a host, a depth-first walk tries literal segments, then
 //! `:params`, then `*`, then `**`, so the first complete match is the most specific one,
 //! and a longer literal prefix beats a shorter one. At one pattern, routes with header
-//! conditions come before routes without, then declaration order. A route whose methods
-//! exclude the request's is skipped; if nothing else matches the answer is 405 with the
-//! union of the methods that would have matched.
+//! conditions come before routes without, then declaration order.
+//!
+//! Methods: the most specific matching path decides. When its routes (those whose header
+//! conditions hold) exclude the request's method, the answer is 405 with the union of the
+//! methods they allow; the search does not go on to less specific routes, which may have
+//! weaker auth. A route with `method_fallthrough` lets other methods go on.
 
 pub mod path;
 pub mod pattern;
@@ -87,6 +90,8 @@ pub struct RouteSpec {
     pub path: PathPattern,
     pub methods: Methods,
     pub headers: Vec<(HeaderName, Vec<u8>)>,
+    /// Other methods go on to less specific routes instead of a 405.
+    pub method_fallthrough: bool,
 }
 
 #[derive(Default)]
@@ -164,10 +169,15 @@ struct Search<'a> {
     method: &'a Method,
     headers: &'a HeaderMap,
     allowed: u16,
+    /// A matching route refused the method and does not let it fall through: stop.
+    stop: bool,
 }
 
 impl Search<'_> {
     fn pick(&mut self, ids: &[u32]) -> Option<usize> {
+        if self.stop {
+            return None;
+        }
         for id in ids {
             let spec = &self.specs[*id as usize];
             let headers_ok = spec.headers.iter().all(|(n, v)| {
@@ -182,6 +192,10 @@ impl Search<'_> {
                 return Some(*id as usize);
             }
             self.allowed |= spec.methods.0;
+            if !spec.method_fallthrough {
+                // the rest of this node's routes may still take the method; nothing beyond
+                self.stop = true;
+            }
         }
         None
     }
@@ -194,19 +208,19 @@ impl Search<'_> {
                 }
             }
             Some((first, rest)) => {
-                if let Some(child) = node.literal.get(*first) {
+                for child in [
+                    node.literal.get(*first),
+                    node.param.as_deref(),
+                    node.star.as_deref(),
+                ]
+                .into_iter()
+                .flatten()
+                {
                     if let Some(id) = self.walk(child, rest) {
                         return Some(id);
                     }
-                }
-                if let Some(child) = node.param.as_deref() {
-                    if let Some(id) = self.walk(child, rest) {
-                        return Some(id);
-                    }
-                }
-                if let Some(child) = node.star.as_deref() {
-                    if let Some(id) = self.walk(child, rest) {
-                        return Some(id);
+                    if self.stop {
+                        return None;
                     }
                 }
             }
@@ -222,37 +236,6 @@ impl Search<'_> {
 /// Split a normalised path into its non-empty segments.
 pub fn segments(path: &str) -> Vec<&str> {
     path.split('/').filter(|s| !s.is_empty()).collect()
-}
-
-/// The host a request is for (the `Host` header, else the URI's authority), without port,
-/// lower-cased only if needed.
-pub fn request_host(req: &http::request::Parts) -> std::borrow::Cow<'_, str> {
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("");
-    host_only(host)
-}
-
-/// The host of a request without port, lower-cased only if needed.
-pub fn host_only(host: &str) -> std::borrow::Cow<'_, str> {
-    let h = if host.starts_with('[') {
-        // [v6]:port
-        match host.find(']') {
-            Some(i) => &host[..=i],
-            None => host,
-        }
-    } else {
-        host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
-    };
-    let h = h.trim_end_matches('.');
-    if h.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(h.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(h)
-    }
 }
 
 impl Router {
@@ -307,13 +290,14 @@ impl Router {
             method,
             headers,
             allowed: 0,
+            stop: false,
         };
         if let Some(t) = self.exact_hosts.get(host) {
             if let Some(id) = search.walk(&t.root, segs) {
                 return Lookup::Found(id);
             }
         }
-        if !self.wildcard_hosts.is_empty() {
+        if !self.wildcard_hosts.is_empty() && !search.stop {
             // longest suffix first: for a.b.example.com try .b.example.com, .example.com, .com
             let mut rest = host;
             while let Some(dot) = rest.find('.') {
@@ -322,12 +306,17 @@ impl Router {
                     if let Some(id) = search.walk(&t.root, segs) {
                         return Lookup::Found(id);
                     }
+                    if search.stop {
+                        break;
+                    }
                 }
                 rest = &rest[dot + 1..];
             }
         }
-        if let Some(id) = search.walk(&self.any_host.root, segs) {
-            return Lookup::Found(id);
+        if !search.stop {
+            if let Some(id) = search.walk(&self.any_host.root, segs) {
+                return Lookup::Found(id);
+            }
         }
         if search.allowed != 0 {
             Lookup::MethodNotAllowed(Methods(search.allowed))
@@ -351,6 +340,7 @@ mod tests {
                 })
                 .unwrap_or(Methods::ANY),
             headers: vec![],
+            method_fallthrough: false,
         }
     }
 
@@ -411,6 +401,44 @@ mod tests {
     }
 
     #[test]
+    fn the_most_specific_path_decides_the_method() {
+        let ro = spec(None, "/app/ro/**", Some(&["GET"]));
+        let host_ro = spec(Some("admin.test"), "/vh/**", Some(&["GET"]));
+        let r = Router::new(vec![
+            ro.clone(),
+            spec(None, "/app/**", None),
+            host_ro.clone(),
+            spec(None, "/vh/**", None),
+        ]);
+        match find(&r, "x", "/app/ro/x", Method::DELETE) {
+            Lookup::MethodNotAllowed(m) => assert_eq!(m.allow_header(), "GET, HEAD"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(find(&r, "x", "/app/rw", Method::DELETE), Lookup::Found(1));
+        assert!(matches!(
+            find(&r, "admin.test", "/vh/x", Method::POST),
+            Lookup::MethodNotAllowed(_)
+        ));
+        assert_eq!(find(&r, "other", "/vh/x", Method::POST), Lookup::Found(3));
+        // opt-in: other methods go on to the less specific route
+        let mut ro_ft = ro;
+        ro_ft.method_fallthrough = true;
+        let mut host_ft = host_ro;
+        host_ft.method_fallthrough = true;
+        let r = Router::new(vec![
+            ro_ft,
+            spec(None, "/app/**", None),
+            host_ft,
+            spec(None, "/vh/**", None),
+        ]);
+        assert_eq!(find(&r, "x", "/app/ro/x", Method::DELETE), Lookup::Found(1));
+        assert_eq!(
+            find(&r, "admin.test", "/vh/x", Method::POST),
+            Lookup::Found(3)
+        );
+    }
+
+    #[test]
     fn header_conditions() {
         let mut canary = spec(None, "/app/**", None);
         canary.headers = vec![(HeaderName::from_static("x-canary"), b"1".to_vec())];
@@ -419,12 +447,5 @@ mod tests {
         assert_eq!(r.lookup("x", &["app"], &Method::GET, &h), Lookup::Found(0));
         h.insert("x-canary", "1".parse().unwrap());
         assert_eq!(r.lookup("x", &["app"], &Method::GET, &h), Lookup::Found(1));
-    }
-
-    #[test]
-    fn host_only_strips_port_and_case() {
-        assert_eq!(host_only("Api.Example.com:8080"), "api.example.com");
-        assert_eq!(host_only("[::1]:80"), "[::1]");
-        assert_eq!(host_only("a.b"), "a.b");
     }
 }

@@ -5,7 +5,10 @@
 //!   escapes keep their encoding with upper-case hex (`%2f` → `%2F`, never a separator);
 //! - `.` segments are dropped and `..` segments remove the previous one; climbing above
 //!   the root is an error;
-//! - repeated slashes collapse to one.
+//! - repeated slashes collapse to one;
+//! - escaped slashes and backslashes (`%2F`, `%5C`, a raw `\`) follow
+//!   [`EscapedSlashes`]: rejected by default, since upstream frameworks disagree on
+//!   whether `%2F` separates segments (a `..%2F` would climb where the gateway saw none).
 
 use std::borrow::Cow;
 
@@ -17,6 +20,20 @@ pub enum PathError {
     BadEscape,
     /// `..` segments climb above the root.
     EscapesRoot,
+    /// `%2F`, `%5C` or a raw `\` under [`EscapedSlashes::Reject`].
+    EscapedSlash,
+}
+
+/// What `%2F`, `%5C` and a raw `\` in a path become (`server.paths.escaped_slashes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EscapedSlashes {
+    /// 400: the request is ambiguous.
+    #[default]
+    Reject,
+    /// Kept escaped (`%2F`, `%5C`; a raw `\` becomes `%5C`): never a segment separator.
+    Keep,
+    /// Decoded to `/` (a backslash too), then normalised like any separator.
+    Decode,
 }
 
 impl PathError {
@@ -25,6 +42,9 @@ impl PathError {
             PathError::Malformed => "the request path is malformed",
             PathError::BadEscape => "the request path has an invalid percent-encoding",
             PathError::EscapesRoot => "the request path climbs above the root",
+            PathError::EscapedSlash => {
+                "the request path contains an escaped slash or a backslash (%2F, %5C or \\)"
+            }
         }
     }
 }
@@ -47,7 +67,7 @@ fn needs_work(p: &[u8]) -> bool {
     let mut prev = 0u8;
     for (i, &b) in p.iter().enumerate() {
         match b {
-            b'%' => return true,
+            b'%' | b'\\' => return true,
             b'/' if prev == b'/' => return true,
             b'.' if prev == b'/' => {
                 // "/." followed by end, "/" or "." (".." segment)
@@ -63,8 +83,17 @@ fn needs_work(p: &[u8]) -> bool {
     false
 }
 
-/// Normalise a request path (without the query string).
+/// Normalise a request path (without the query string), escaped slashes kept escaped.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+    normalize_with(path, EscapedSlashes::Keep)
+}
+
+fn is_slash_escape(h: u8, l: u8) -> bool {
+    matches!((h, l), (2, 15) | (5, 12))
+}
+
+/// Normalise a request path (without the query string).
+pub fn normalize_with(path: &str, slashes: EscapedSlashes) -> Result<Cow<'_, str>, PathError> {
     let p = path.as_bytes();
     if p.first() != Some(&b'/') {
         return Err(PathError::Malformed);
@@ -90,6 +119,17 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
                 _ => return Err(PathError::BadEscape),
             };
             let v = h * 16 + l;
+            if is_slash_escape(h, l) {
+                match slashes {
+                    EscapedSlashes::Reject => return Err(PathError::EscapedSlash),
+                    EscapedSlashes::Decode => {
+                        decoded.push('/');
+                        i += 3;
+                        continue;
+                    }
+                    EscapedSlashes::Keep => {}
+                }
+            }
             if is_unreserved(v) {
                 decoded.push(v as char);
             } else {
@@ -106,6 +146,13 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
                 );
             }
             i += 3;
+        } else if b == b'\\' {
+            match slashes {
+                EscapedSlashes::Reject => return Err(PathError::EscapedSlash),
+                EscapedSlashes::Keep => decoded.push_str("%5C"),
+                EscapedSlashes::Decode => decoded.push('/'),
+            }
+            i += 1;
         } else {
             // the input is a &str, so multi-byte sequences are copied whole
             let ch_len = utf8_len(b);
@@ -185,6 +232,29 @@ mod tests {
         );
         assert_eq!(n("/a%zz").unwrap_err(), PathError::BadEscape);
         assert_eq!(n("/a%2").unwrap_err(), PathError::BadEscape);
+    }
+
+    #[test]
+    fn escaped_slashes() {
+        let r = |p| normalize_with(p, EscapedSlashes::Reject).map(|c| c.into_owned());
+        let d = |p| normalize_with(p, EscapedSlashes::Decode).map(|c| c.into_owned());
+        for p in [
+            "/a%2fb",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a%5Cb",
+            "/a\\b",
+            "/p/..%2fsecret",
+        ] {
+            assert_eq!(r(p).unwrap_err(), PathError::EscapedSlash, "{p}");
+        }
+        assert_eq!(r("/a%252fb").unwrap(), "/a%252fb");
+        assert_eq!(n("/a\\b").unwrap(), "/a%5Cb");
+        assert_eq!(n("/a%5cb").unwrap(), "/a%5Cb");
+        assert_eq!(d("/public/..%2fsecret/x").unwrap(), "/secret/x");
+        assert_eq!(d("/a\\..\\b").unwrap(), "/b");
+        assert_eq!(d("/a%2f%2fb").unwrap(), "/a/b");
+        assert_eq!(d("/%2f..").unwrap_err(), PathError::EscapesRoot);
     }
 
     #[test]

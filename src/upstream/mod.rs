@@ -96,6 +96,8 @@ pub struct BackendState {
     pub breaker: Breaker,
     /// `Host` sent upstream on routes that do not preserve the client's (`ip:port`).
     pub host_header: http::HeaderValue,
+    /// This backend's attempt and latency series.
+    pub metrics: crate::observe::metrics::BackendMetrics,
     peer: HttpPeer,
 }
 
@@ -142,6 +144,7 @@ impl BackendState {
             addr,
             label: format!("{name}/{addr}"),
             host_header: crate::hdr::socket_addr_header(addr),
+            metrics: crate::observe::metrics::BackendMetrics::new(name, &addr.to_string()),
             in_flight: AtomicI64::new(0),
             requests: AtomicU64::new(0),
             breaker: Breaker::new(policy),
@@ -600,6 +603,11 @@ impl Upstream {
 
     /// Record the outcome of one attempt on `state` (breaker bookkeeping).
     pub fn record(&self, state: &BackendState, failed: bool) {
+        if failed {
+            state.metrics.failure.inc();
+        } else {
+            state.metrics.success.inc();
+        }
         if failed {
             state
                 .breaker

@@ -106,6 +106,15 @@ pub trait ProxyHttp {
         Ok(false)
     }
 
+    // PORTCULLIS PATCH (3): the answer to a request head Pingora refused to read
+    /// The response to send when the request head was refused while reading it (an
+    /// `InvalidHTTPHeader` error: a second `Host`, userinfo, a `Host` that disagrees with an
+    /// absolute-form target...), before any phase runs. `None` (the default) sends Pingora's
+    /// own empty 400.
+    fn invalid_request_response(&self, _e: &Error) -> Option<(ResponseHeader, Bytes)> {
+        None
+    }
+
     /// Handle the incoming request before any downstream module is executed.
     ///
     /// This function is similar to [Self::request_filter()] but executes before any other logic,
