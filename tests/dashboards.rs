@@ -90,14 +90,10 @@ routes:
         let _ = c.get(gw.url("/rl/x")).send().await;
     }
     let _ = c.get(gw.url("/nowhere")).send().await;
-    let (s, _) = gw
-        .admin(reqwest::Method::POST, "/admin/reload", None)
-        .await;
+    let (s, _) = gw.admin(reqwest::Method::POST, "/admin/reload", None).await;
     assert_eq!(s, 200);
     gw.write_config(&yaml.replace("upstream: up, rate_limit", "upstream: nope, rate_limit"));
-    let (s, _) = gw
-        .admin(reqwest::Method::POST, "/admin/reload", None)
-        .await;
+    let (s, _) = gw.admin(reqwest::Method::POST, "/admin/reload", None).await;
     assert_eq!(s, 400);
 
     let wanted: BTreeSet<String> = names_used(&repo_file("conf/grafana/portcullis.json"))
@@ -163,7 +159,9 @@ fn dashboard_is_valid_grafana_json() {
         let targets = p["targets"].as_array().unwrap();
         assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
         for t in targets {
-            assert!(t["expr"].as_str().is_some_and(|e| e.contains("portcullis_") || e.contains("process_")));
+            assert!(t["expr"]
+                .as_str()
+                .is_some_and(|e| e.contains("portcullis_") || e.contains("process_")));
         }
     }
 }

@@ -89,11 +89,17 @@ routes:
             let (_, v) = gw.admin(reqwest::Method::GET, "/admin/status", None).await;
             v["upstreams"]["shop"]["backends"]
                 .as_array()
-                .is_some_and(|b| b.iter().any(|b| b["addr"] == dead_addr.as_str() && b["healthy"] == false))
+                .is_some_and(|b| {
+                    b.iter()
+                        .any(|b| b["addr"] == dead_addr.as_str() && b["healthy"] == false)
+                })
         }
     })
     .await;
-    assert!(seen, "the health check never marked the killed backend down");
+    assert!(
+        seen,
+        "the health check never marked the killed backend down"
+    );
 
     // traffic while the browser watches
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -124,19 +130,34 @@ routes:
     let sent = load.await.unwrap();
     assert!(sent > 10, "the load loop ran ({sent} requests)");
 
-    assert!(dom.contains("data-route=\"catalogue\""), "routes listed:\n{dom}");
-    assert!(dom.contains("data-route=\"checkout\""), "routes listed:\n{dom}");
+    assert!(
+        dom.contains("data-route=\"catalogue\""),
+        "routes listed:\n{dom}"
+    );
+    assert!(
+        dom.contains("data-route=\"checkout\""),
+        "routes listed:\n{dom}"
+    );
     let dead_row = format!("data-backend=\"{}\" data-healthy=\"false\"", dead.addr);
     let live_row = format!("data-backend=\"{}\" data-healthy=\"true\"", live.addr);
-    assert!(dom.contains(&dead_row), "the killed backend shown unhealthy:\n{dom}");
-    assert!(dom.contains(&live_row), "the live backend shown healthy:\n{dom}");
+    assert!(
+        dom.contains(&dead_row),
+        "the killed backend shown unhealthy:\n{dom}"
+    );
+    assert!(
+        dom.contains(&live_row),
+        "the live backend shown healthy:\n{dom}"
+    );
     for chart in ["rps", "err", "p50", "p99"] {
         assert!(
             chart_points(&dom, chart) >= 2,
             "chart {chart} drawn from at least two intervals:\n{dom}"
         );
     }
-    assert!(dom.contains("<div id=\"error\"></div>"), "no error shown:\n{dom}");
+    assert!(
+        dom.contains("<div id=\"error\"></div>"),
+        "no error shown:\n{dom}"
+    );
 
     // without the token the page shows the login form and no data
     let dom = {
@@ -146,5 +167,8 @@ routes:
             .await
             .unwrap()
     };
-    assert!(!dom.contains("data-route=\"catalogue\""), "no data without a token");
+    assert!(
+        !dom.contains("data-route=\"catalogue\""),
+        "no data without a token"
+    );
 }
