@@ -30,6 +30,11 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: u64 = 2;
 
 /// How often the drain looks at the in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// How long the in-flight count must stay at 0 before the process exits: a connection
+/// accepted just before the listeners stopped, whose request is already buffered, is read
+/// and served (Pingora prefers a buffered request to its shutdown) but counts only once its
+/// task has run; exiting before would reset it.
+const DRAIN_SETTLE: Duration = Duration::from_millis(250);
 /// The longest wait for the access log to write its last lines before exiting.
 const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -119,7 +124,7 @@ fn watch(tx: tokio::sync::oneshot::Sender<ShutdownSignal>, phases: Option<Phases
 }
 
 /// Resolves once Pingora has stopped accepting (its grace period started) and no proxied
-/// request is in flight. During an upgrade's hand-over (before the grace period) the old
+/// request has been in flight for [`DRAIN_SETTLE`]. During an upgrade's hand-over (before the grace period) the old
 /// process still accepts, so an empty moment there does not count.
 async fn drained(phases: Option<Phases>) {
     let Some(mut phases) = phases else {
@@ -135,13 +140,21 @@ async fn drained(phases: Option<Phases>) {
     }
     let metrics = &crate::observe::metrics::METRICS;
     let mut waiting = false;
-    while metrics.in_flight.get() > 0 {
-        if !waiting {
-            waiting = true;
-            log::info!(
-                "graceful shutdown: waiting for {} request(s) in flight",
-                metrics.in_flight.get()
-            );
+    let mut idle_since: Option<std::time::Instant> = None;
+    loop {
+        let n = metrics.in_flight.get();
+        if n > 0 {
+            idle_since = None;
+            if !waiting {
+                waiting = true;
+                log::info!("graceful shutdown: waiting for {n} request(s) in flight");
+            }
+        } else if idle_since
+            .get_or_insert_with(std::time::Instant::now)
+            .elapsed()
+            >= DRAIN_SETTLE
+        {
+            return;
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }
