@@ -23,17 +23,10 @@ deps:
 build: deps
 	$(CARGO) build --release --bins
 
-# Starts four demo upstreams and the gateway in the foreground; Ctrl-C stops everything.
+# Starts four demo upstreams and the gateway in the foreground; Ctrl-C (or SIGTERM to make)
+# stops everything (scripts/run-demo.sh).
 run: build
-	@PORTCULLIS_DEMO_JWT_SECRET=$${PORTCULLIS_DEMO_JWT_SECRET:-demo-jwt-secret-change-me} \
-		$(RELEASE)/portcullis -t -c conf/portcullis.yaml
-	@trap 'kill 0' INT TERM EXIT; \
-	$(RELEASE)/demo-upstream users-1=127.0.0.1:3001 users-2=127.0.0.1:3002 \
-		orders-1=127.0.0.1:3003 orders-2=127.0.0.1:3004 & \
-	sleep 0.5; \
-	echo "gateway on http://127.0.0.1:8080, admin on http://127.0.0.1:9090"; \
-	PORTCULLIS_DEMO_JWT_SECRET=$${PORTCULLIS_DEMO_JWT_SECRET:-demo-jwt-secret-change-me} \
-		$(RELEASE)/portcullis -c conf/portcullis.yaml
+	@./scripts/run-demo.sh $(RELEASE) conf/portcullis.yaml
 
 test: deps
 	$(CARGO) build --bins

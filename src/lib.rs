@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod edge;
 pub mod hdr;
+pub mod lifecycle;
 pub mod net;
 pub mod observe;
 pub mod proxy;

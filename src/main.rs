@@ -51,7 +51,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    portcullis::observe::logs::init();
     let cli = Cli::parse();
     if let Some(Command::Keygen { id }) = cli.command {
         let (key, line) = portcullis::keygen(&id);
@@ -59,7 +59,10 @@ fn main() -> ExitCode {
         println!("yaml: {line}");
         return ExitCode::SUCCESS;
     }
-    let runtime = match Runtime::load(cli.config.clone()) {
+    // absolute before anything else: a daemon (-d) runs in another working directory, and
+    // every reload re-reads this path
+    let config = std::path::absolute(&cli.config).unwrap_or_else(|_| cli.config.clone());
+    let runtime = match Runtime::load(config) {
         Ok(rt) => rt,
         Err(errors) => {
             for e in &errors {
@@ -87,7 +90,11 @@ fn main() -> ExitCode {
         .watch
         .store(cli.watch, std::sync::atomic::Ordering::Relaxed);
     let opts = portcullis::server::Options {
-        server_conf: cli.server_conf,
+        server_conf: cli.server_conf.map(|p| {
+            std::path::absolute(&p)
+                .map(|a| a.display().to_string())
+                .unwrap_or(p)
+        }),
         daemon: cli.daemon,
         upgrade: cli.upgrade,
     };

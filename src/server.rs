@@ -2,6 +2,7 @@
 //! service, and the background supervisor.
 
 use crate::admin::AdminApp;
+use crate::lifecycle::Guarded;
 use crate::proxy::Gateway;
 use crate::runtime::Runtime;
 use crate::supervisor::Supervisor;
@@ -10,7 +11,7 @@ use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::L4BufferSettings;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::sync::Arc;
@@ -22,36 +23,79 @@ pub struct Options {
 }
 
 fn server_conf(opts: &Options, opt: &Opt) -> Result<ServerConf, String> {
-    match &opts.server_conf {
-        Some(path) => {
-            let mut conf = ServerConf::load_from_yaml(path)
-                .map_err(|e| format!("{path}: cannot load the server conf: {e}"))?;
-            conf.merge_with_opt(opt);
-            Ok(conf)
+    let mut conf = match &opts.server_conf {
+        Some(path) => ServerConf::load_from_yaml(path)
+            .map_err(|e| format!("{path}: cannot load the server conf: {e}"))?,
+        None => ServerConf {
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            ..ServerConf::default()
+        },
+    };
+    // Pingora's defaults (300 s, then 5 s) keep a stopped gateway around for five minutes;
+    // ours bound the drain (the process exits as soon as nothing is in flight).
+    conf.grace_period_seconds
+        .get_or_insert(crate::lifecycle::DEFAULT_GRACE_PERIOD_SECONDS);
+    conf.graceful_shutdown_timeout_seconds
+        .get_or_insert(crate::lifecycle::DEFAULT_SHUTDOWN_TIMEOUT_SECONDS);
+    conf.merge_with_opt(opt);
+    resolve_paths(&mut conf);
+    Ok(conf)
+}
+
+/// Relative paths resolve against the directory portcullis was started from, in the
+/// foreground and as a daemon alike: the server conf's files become absolute, and a daemon
+/// (`-d`, which would otherwise run in `/`) keeps that directory as its working directory
+/// unless `working_directory` names another, so the config's relative paths (certificates,
+/// keys, secret and JWKS files, the access log) still resolve on every reload.
+fn resolve_paths(conf: &mut ServerConf) {
+    let Ok(cwd) = std::env::current_dir() else {
+        return;
+    };
+    let abs = |p: &mut String| {
+        if !p.is_empty() && std::path::Path::new(p.as_str()).is_relative() {
+            *p = cwd.join(p.as_str()).display().to_string();
         }
-        None => {
-            let mut conf = ServerConf {
-                threads: std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1),
-                ..ServerConf::default()
-            };
-            conf.merge_with_opt(opt);
-            Ok(conf)
-        }
+    };
+    abs(&mut conf.pid_file);
+    abs(&mut conf.upgrade_sock);
+    if let Some(e) = conf.error_log.as_mut() {
+        abs(e);
+    }
+    if conf.daemon && conf.working_directory.is_none() {
+        conf.working_directory = Some(cwd.clone());
     }
 }
 
-/// Start serving; returns only on a start-up error.
+/// Start serving; returns once the server has shut down (see [`crate::lifecycle`]).
 pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
     let opt = Opt {
         upgrade: opts.upgrade,
         daemon: opts.daemon,
         nocapture: false,
         test: false,
-        conf: opts.server_conf.clone(),
+        // the server conf is loaded here (server_conf below); given to Pingora as well it
+        // only makes it warn "Ignoring command line argument" on every start
+        conf: None,
     };
     let conf = server_conf(&opts, &opt)?;
+    if !opts.upgrade {
+        let snap = runtime.snapshot();
+        let server = &snap.config.server;
+        let mut addrs: Vec<(&str, &str)> = server
+            .listen
+            .iter()
+            .map(|a| (a.as_str(), "server.listen"))
+            .collect();
+        if let Some(tls) = &server.tls {
+            addrs.push((tls.listen.as_str(), "server.tls.listen"));
+        }
+        if let Some(admin) = &server.admin {
+            addrs.push((admin.listen.as_str(), "server.admin.listen"));
+        }
+        crate::lifecycle::check_listeners(&addrs)?;
+    }
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     // Bootstrap (taking over listening sockets with -u, telling a waiting parent with -d
     // that we are ready) runs as a service: after daemonisation, before the listeners.
@@ -96,7 +140,10 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
                 resolver: runtime.certs.clone(),
             }));
     }
-    server.add_service(proxy).add_dependency(&bootstrap);
+    // a proxy service that dies (a listener it cannot bind) ends the process
+    server
+        .add_service(Guarded { inner: proxy })
+        .add_dependency(&bootstrap);
 
     if let Some(admin) = &snap.config.server.admin {
         let mut svc = Service::new(
@@ -106,7 +153,9 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
             },
         );
         svc.add_tcp(&admin.listen);
-        server.add_service(svc).add_dependency(&bootstrap);
+        server
+            .add_service(Guarded { inner: svc })
+            .add_dependency(&bootstrap);
     }
 
     crate::observe::access_log::watch_phases(server.watch_execution_phase());
@@ -119,9 +168,14 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
     ));
     drop(snap);
     log::info!(
-        "portcullis starting: config {} (generation {})",
+        "portcullis starting: config {} (generation {}); SIGTERM drains for up to {}s",
         runtime.config_path.display(),
-        runtime.generation()
+        runtime.generation(),
+        server.configuration.grace_period_seconds.unwrap_or(0)
     );
-    server.run_forever()
+    let signals = crate::lifecycle::Signals::new(server.watch_execution_phase());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
+    Ok(())
 }

@@ -583,10 +583,19 @@ impl ServeHttp for AdminApp {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         match (&method, path.as_str()) {
-            (&Method::GET, "/healthz") => reply(
-                StatusCode::OK,
-                json!({ "status": "ok", "pid": std::process::id(), "generation": self.runtime.generation() }),
-            ),
+            (&Method::GET, "/healthz") => {
+                // a dead proxy service fails liveness (the process also exits: lifecycle.rs)
+                let dead = crate::lifecycle::dead_services();
+                let (status, word) = if dead.is_empty() {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "failed")
+                };
+                reply(
+                    status,
+                    json!({ "status": word, "pid": std::process::id(), "generation": self.runtime.generation(), "dead_services": dead }),
+                )
+            }
             (&Method::GET, "/readyz") => self.readyz(),
             (&Method::GET, "/ui") => ui::page(),
             (&Method::GET, "/metrics") => {

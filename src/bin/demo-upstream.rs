@@ -65,8 +65,12 @@ fn main() {
         eprintln!("usage: demo-upstream NAME=ADDR [NAME=ADDR ...]");
         std::process::exit(2);
     }
+    // SIGTERM (and SIGINT) end the process at once: Pingora's default grace period would
+    // keep a stopped demo upstream around for five minutes.
     let conf = ServerConf {
         threads: 1,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);

@@ -41,7 +41,18 @@ pub struct Record {
     pub error: Option<String>,
 }
 
-static SINK: OnceCell<SyncSender<Record>> = OnceCell::new();
+/// What the writer receives: a line, or a request to write everything before it.
+/// Unboxed: a line costs no allocation; the channel's slots were Record-sized before.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Line(Record),
+    Flush(SyncSender<()>),
+}
+
+static SINK: OnceCell<SyncSender<Msg>> = OnceCell::new();
+
+/// Set when the process is about to exit: the writer naps 1 ms between batches.
+static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 type Phases = tokio::sync::broadcast::Receiver<pingora_core::server::ExecutionPhase>;
 
@@ -73,12 +84,34 @@ fn exiting(rx: &mut Phases) -> bool {
 /// Hand a record to the writer; never blocks.
 pub fn submit(r: Record) {
     let Some(tx) = SINK.get() else { return };
-    match tx.try_send(r) {
+    match tx.try_send(Msg::Line(r)) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
             METRICS.access_log_dropped.inc()
         }
     }
+}
+
+/// Wait (at most `timeout`) until every line submitted so far is written and flushed:
+/// called just before the process exits on its own.
+pub fn drain(timeout: Duration) {
+    EXITING.store(true, std::sync::atomic::Ordering::Relaxed);
+    let Some(tx) = SINK.get() else { return };
+    let deadline = std::time::Instant::now() + timeout;
+    let (ack_tx, ack_rx) = sync_channel(1);
+    let mut msg = Msg::Flush(ack_tx);
+    loop {
+        match tx.try_send(msg) {
+            Ok(()) => break,
+            Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                msg = m;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return,
+        }
+    }
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let _ = ack_rx.recv_timeout(left);
 }
 
 pub fn enabled() -> bool {
@@ -298,28 +331,28 @@ fn flush(t: &mut Target) {
 /// the next line and writes it at once.
 const BATCH_INTERVAL: Duration = Duration::from_millis(20);
 
-fn run_writer(rx: Receiver<Record>, runtime: Arc<Runtime>) {
+fn run_writer(rx: Receiver<Msg>, runtime: Arc<Runtime>) {
     let mut path = runtime.snapshot().config.access_log.path.clone();
     let mut target = open(&path);
     let mut last_check = std::time::Instant::now();
     let mut line = Vec::with_capacity(128 * 1024);
     let mut phases = PHASES.lock().ok().and_then(|mut p| p.take());
     let mut interval = BATCH_INTERVAL;
+    // flush requests seen in this batch, acknowledged once it is written
+    let mut acks: Vec<SyncSender<()>> = Vec::new();
     loop {
         let first = match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(r) => Some(r),
+            Ok(m) => Some(m),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
         line.clear();
-        let mut more = first.is_some();
-        if let (Some(r), Some(_)) = (&first, target.as_ref()) {
-            write_line(r, &mut line);
-        }
+        let got = first.is_some();
+        let mut next = first;
         let mut disconnected = false;
-        while more {
-            match rx.try_recv() {
-                Ok(r) => {
+        while let Some(m) = next.take() {
+            match m {
+                Msg::Line(r) => {
                     if let Some(t) = target.as_mut() {
                         write_line(&r, &mut line);
                         if line.len() > 64 * 1024 {
@@ -328,18 +361,24 @@ fn run_writer(rx: Receiver<Record>, runtime: Arc<Runtime>) {
                         }
                     }
                 }
-                Err(TryRecvError::Empty) => more = false,
-                Err(TryRecvError::Disconnected) => {
-                    disconnected = true;
-                    more = false;
-                }
+                Msg::Flush(ack) => acks.push(ack),
+            }
+            match rx.try_recv() {
+                Ok(m) => next = Some(m),
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => disconnected = true,
             }
         }
         if let Some(t) = target.as_mut() {
             if !line.is_empty() {
                 write_out(t, &line);
+            }
+            if !line.is_empty() || !acks.is_empty() {
                 flush(t);
             }
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.try_send(());
         }
         if disconnected {
             return;
@@ -355,11 +394,13 @@ fn run_writer(rx: Receiver<Record>, runtime: Arc<Runtime>) {
                 target = open(&path);
             }
         }
-        if phases.as_mut().is_some_and(exiting) {
+        if phases.as_mut().is_some_and(exiting)
+            || EXITING.load(std::sync::atomic::Ordering::Relaxed)
+        {
             interval = Duration::from_millis(1);
             phases = None;
         }
-        if first.is_some() {
+        if got {
             std::thread::sleep(interval);
         }
     }

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub circuit_state: IntGaugeVec,
     pub backend_healthy: IntGaugeVec,
     pub retries: IntCounterVec,
+    pub stale_connection_retries: IntCounterVec,
     pub retry_budget_exhausted: IntCounter,
     pub cache_requests: IntCounterVec,
     pub cache_bytes: IntGauge,
@@ -154,6 +155,12 @@ pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
             "portcullis_retries_total",
             "Retried upstream attempts by reason",
             &["upstream", "reason"],
+        ),
+        stale_connection_retries: counter_vec(
+            &r,
+            "portcullis_upstream_stale_connection_retries_total",
+            "Requests resent on a fresh connection because a reused pooled connection was closed by the backend without an answer (not counted as retries, failures or budget)",
+            &["upstream"],
         ),
         retry_budget_exhausted: counter(
             &r,

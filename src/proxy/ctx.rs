@@ -39,6 +39,10 @@ pub struct Ctx {
     pub budget_exhausted: bool,
     /// The status that triggered the last status-based retry.
     pub retry_status: Option<u16>,
+    /// This request was resent once because a reused pooled connection was dead.
+    pub stale_retried: bool,
+    /// The next attempt must open a new connection (not take one from the pool).
+    pub fresh_connection: bool,
     pub identity: Option<Arc<crate::auth::Identity>>,
     /// The API key came in the query string: remove it before forwarding.
     pub strip_key_param: bool,
@@ -97,6 +101,8 @@ impl Default for Ctx {
             last_failure: None,
             budget_exhausted: false,
             retry_status: None,
+            stale_retried: false,
+            fresh_connection: false,
             identity: None,
             strip_key_param: false,
             rate_limit: None,

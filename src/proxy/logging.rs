@@ -3,9 +3,23 @@
 use super::ctx::Ctx;
 use crate::observe::access_log::{self, Record};
 use crate::observe::metrics::{self, METRICS};
-use pingora_error::Error;
+use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_proxy::Session;
 use std::time::SystemTime;
+
+/// Status recorded for a request whose client went away before its response was complete
+/// (nginx's "client closed request"), whatever had been sent.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// Whether `e` is the client hanging up (its connection closed or reset while the gateway
+/// waited for the upstream, or while it sent the response): not a failure of the upstream.
+pub fn client_gone(e: &Error) -> bool {
+    matches!(e.esource(), ErrorSource::Downstream)
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        )
+}
 
 pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     // the reason of an answer the gateway made itself: the code its JSON body carries
@@ -17,11 +31,30 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         METRICS.in_flight.dec();
         ctx.in_flight = false;
     }
-    let status = session
-        .response_written()
-        .map(|r| r.status.as_u16())
-        .or(ctx.final_status)
-        .unwrap_or(if e.is_some() { 502 } else { 0 });
+    // a WebSocket (101) ends when either side closes it: not a hang-up
+    let gone = e.is_some_and(client_gone)
+        && session
+            .response_written()
+            .is_none_or(|r| r.status.as_u16() != 101);
+    let status = if gone {
+        CLIENT_CLOSED
+    } else {
+        session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.final_status)
+            .unwrap_or(if e.is_some() { 502 } else { 0 })
+    };
+    if gone {
+        // Pingora's ERROR line for it is suppressed (`suppress_error_log`)
+        log::info!(
+            "client closed the connection before the response was complete (499): {} {} route {} after {} response body bytes",
+            session.req_header().method,
+            session.req_header().uri.path(),
+            ctx.route().map(|r| r.name.as_ref()).unwrap_or("-"),
+            session.body_bytes_sent()
+        );
+    }
     let elapsed = ctx.start.elapsed();
     if ctx.traced {
         export_spans(session, status, elapsed, ctx);
@@ -95,6 +128,7 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             .map(|o| (o.policy.clone(), o.remaining, o.retry_after.is_some())),
         error: match (reason, e) {
             (Some(code), _) => Some(code.to_string()),
+            (None, Some(_)) if gone => Some("client_closed".to_string()),
             (None, Some(e)) => Some(e.etype().as_str().to_string()),
             (None, None) => None,
         },

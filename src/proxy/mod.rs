@@ -110,7 +110,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        peer::choose(session, ctx).await
+        let mut peer = peer::choose(session, ctx).await?;
+        if std::mem::take(&mut ctx.fresh_connection) {
+            attempt::fresh_connection(&mut peer);
+        }
+        Ok(peer)
     }
 
     fn fail_to_connect(
@@ -145,17 +149,24 @@ impl ProxyHttp for Gateway {
                 return e;
             }
         }
+        match attempt::stale_connection(session, ctx, &e, client_reused) {
+            attempt::Stale::Retry => {
+                e.set_retry(true);
+                return e;
+            }
+            attempt::Stale::Fail => {
+                e.set_retry(false);
+                return e;
+            }
+            attempt::Stale::No => {}
+        }
         let Some(failure) = attempt::classify(&e) else {
             // the client went away or the gateway failed: not the backend's fault
             e.set_retry(false);
             return e;
         };
         attempt::record_failure(ctx);
-        // a pooled connection the backend had already closed is retried as Pingora does
-        let stale_pooled = client_reused
-            && matches!(e.retry, pingora_error::RetryType::ReusedOnly)
-            && matches!(failure, Failure::Reset);
-        let retry = attempt::should_retry(session, ctx, failure, true, stale_pooled);
+        let retry = attempt::should_retry(session, ctx, failure, true, false);
         ctx.last_failure = Some(failure);
         e.set_retry(retry);
         e
@@ -196,6 +207,28 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         edge::count_body(ctx, body.as_ref())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        // a client hanging up is logged at INFO as a 499 by `logging::finish`
+        logging::client_gone(e)
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &Ctx,
+        e: &Error,
+        context: pingora_proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // a stale pooled connection resent on a fresh one is routine: counted in
+        // portcullis_upstream_stale_connection_retries_total, logged at debug
+        let routine = matches!(context, pingora_proxy::ProxyWarnLogContext::UpstreamRetry)
+            && ctx.fresh_connection;
+        if routine {
+            log::debug!("resending on a fresh connection: {e}");
+        }
+        routine
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {

@@ -232,7 +232,9 @@ pub struct Selected {
 pub struct UpstreamMetrics {
     pub duration: prometheus::Histogram,
     /// By `retry::Failure::index()`.
-    pub retries: [prometheus::IntCounter; 5],
+    pub retries: [prometheus::IntCounter; 4],
+    /// Requests resent because a pooled connection turned out closed.
+    pub stale_connection_retries: prometheus::IntCounter,
 }
 
 impl UpstreamMetrics {
@@ -241,13 +243,8 @@ impl UpstreamMetrics {
         let r = |reason: &str| METRICS.retries.with_label_values(&[name, reason]);
         UpstreamMetrics {
             duration: METRICS.upstream_duration.with_label_values(&[name]),
-            retries: [
-                r("connect_error"),
-                r("timeout"),
-                r("reset"),
-                r("status"),
-                r("stale_connection"),
-            ],
+            retries: [r("connect_error"), r("timeout"), r("reset"), r("status")],
+            stale_connection_retries: METRICS.stale_connection_retries.with_label_values(&[name]),
         }
     }
 }

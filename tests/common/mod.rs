@@ -247,6 +247,30 @@ pub fn resp(status: u16, body: Vec<u8>, ctype: &str) -> Response<Full<Bytes>> {
 
 // ---------------------------------------------------------------- the gateway
 
+/// How [`Gateway::start_opts`] runs the binary.
+pub struct StartOptions {
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Pass a `--server-conf` (1 s grace periods, pid file and upgrade socket in the
+    /// temporary directory); false runs the binary with its built-in defaults.
+    pub server_conf: bool,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+    /// The `{port}` to use instead of a free one.
+    pub port: Option<u16>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            env: Vec::new(),
+            server_conf: true,
+            args: Vec::new(),
+            port: None,
+        }
+    }
+}
+
 pub struct Gateway {
     pub child: Option<Child>,
     pub port: u16,
@@ -254,6 +278,8 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// The config puts the admin listener on `{admin_port}`: readiness waits for it too.
+    pub admin_listens: bool,
 }
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -294,9 +320,29 @@ impl Gateway {
     }
 
     pub async fn start_with(yaml: &str, env: &[(&str, &str)]) -> Gateway {
-        let port = free_port();
+        let opts = StartOptions {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..StartOptions::default()
+        };
+        Self::start_opts(yaml, opts).await
+    }
+
+    /// Start with `opts` and wait until the proxy listener accepts.
+    pub async fn start_opts(yaml: &str, opts: StartOptions) -> Gateway {
+        let mut gw = Self::spawn(yaml, opts);
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// Start the process without waiting for it to listen.
+    pub fn spawn(yaml: &str, opts: StartOptions) -> Gateway {
+        let port = opts.port.unwrap_or_else(free_port);
         let admin_port = free_port();
         let dir = tempfile::tempdir().unwrap();
+        let admin_listens = yaml.contains("127.0.0.1:{admin_port}");
         let yaml = yaml
             .replace("{port}", &port.to_string())
             .replace("{admin_port}", &admin_port.to_string())
@@ -304,38 +350,52 @@ impl Gateway {
             .replace("{dir}", &dir.path().display().to_string());
         let config_path = dir.path().join("portcullis.yaml");
         std::fs::write(&config_path, &yaml).unwrap();
-        let server_conf = dir.path().join("pingora.yaml");
-        let mut f = std::fs::File::create(&server_conf).unwrap();
-        writeln!(
-            f,
-            "---\nversion: 1\nthreads: 2\npid_file: {d}/portcullis.pid\nupgrade_sock: {d}/upgrade.sock\ngrace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 1",
-            d = dir.path().display()
-        )
-        .unwrap();
         let log_path = dir.path().join("gateway.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(bin());
-        cmd.arg("-c")
-            .arg(&config_path)
-            .arg("--server-conf")
-            .arg(&server_conf)
+        cmd.arg("-c").arg(&config_path);
+        if opts.server_conf {
+            let server_conf = dir.path().join("pingora.yaml");
+            let mut f = std::fs::File::create(&server_conf).unwrap();
+            writeln!(
+                f,
+                "---\nversion: 1\nthreads: 2\npid_file: {d}/portcullis.pid\nupgrade_sock: {d}/upgrade.sock\ngrace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 1",
+                d = dir.path().display()
+            )
+            .unwrap();
+            cmd.arg("--server-conf").arg(&server_conf);
+        }
+        cmd.args(&opts.args)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .env("RUST_LOG", "info");
-        for (k, v) in env {
+        for (k, v) in &opts.env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn portcullis");
-        let mut gw = Gateway {
+        Gateway {
             child: Some(child),
             port,
             admin_port,
             dir,
             config_path,
             log_path,
-        };
-        gw.wait_ready().await;
-        gw
+            admin_listens,
+        }
+    }
+
+    /// Wait up to `timeout` for the process to exit; its status, or None if it still runs.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn wait_ready(&mut self) {
@@ -344,9 +404,14 @@ impl Gateway {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("portcullis exited with {status}:\n{}", self.log());
             }
+            let admin = self.admin_listens;
             if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
                 .await
                 .is_ok()
+                && (!admin
+                    || tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port))
+                        .await
+                        .is_ok())
             {
                 return;
             }
