@@ -15,7 +15,7 @@
 #      FLOOD_CONNS [1000], STALL_MS [2000], BACKEND_KEEPALIVE [2], PER_IP_CAP [64],
 #      SHUTDOWN_PROBE [1], KEEP_TMP [0], PORTCULLIS_BIN [target/release/portcullis if present,
 #      else target/debug/portcullis, built with `cargo build --bins` if missing].
-# Uses python3 (3.8+; stdlib only) and redis-server. 127.0.0.1 only; bounded by `timeout`;
+# Uses python3 (3.9+; 3.11 here; stdlib only) and redis-server. 127.0.0.1 only; bounded by `timeout`;
 # every process is stopped on exit, Ctrl-C or failure.
 set -euo pipefail
 
