@@ -535,6 +535,16 @@ def read_probes():
                     probes.append((t0, phase_at(t0), float(p[1]), int(p[2]) if p[2].isdigit() else p[2]))
 
 
+def cpu_s(pid):
+    """utime + stime of a process, seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            f_ = f.read().rsplit(")", 1)[1].split()
+        return (int(f_[11]) + int(f_[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def listen_drops():
     """System-wide TcpExt ListenOverflows + ListenDrops (a full accept queue drops SYNs)."""
     try:
@@ -765,6 +775,8 @@ def phase_flood(a, b):
     """FLOOD_CONNS connections opened as fast as possible from 127.0.0.3, one GET on each,
     held open until the end of the phase."""
     drops0 = listen_drops()
+    gpid = current_gw()["pid"]
+    cpu0, w0 = cpu_s(gpid), time.monotonic()
     socks = []
     errors = Counter()
     t_open = time.monotonic()
@@ -808,6 +820,9 @@ def phase_flood(a, b):
     for s in socks:
         s.close()
     drops1 = listen_drops()
+    cpu1, w1 = cpu_s(gpid), time.monotonic()
+    if cpu0 is not None and cpu1 is not None:
+        flood_result["gateway_cpu"] = f"{cpu1 - cpu0:.2f} s CPU in {w1 - w0:.2f} s"
     flood_result.update({"opened": len(socks), "open_ms": round(open_ms), "connect_errors": dict(errors),
                          "answers": dict(statuses),
                          "listen_overflows_drops": ([drops1[0] - drops0[0], drops1[1] - drops0[1]]
