@@ -1082,12 +1082,26 @@ def report(shutdown, probe):
     get_fails = [r for r in fails if r["method"] == "GET"]
     P("")
     if fails:
-        P("failed requests (first 40), each with what the gateway's access log and the backends' id logs say:")
-    for r in fails[:40]:
+        P("failed requests, grouped (count, first..last start time), each group explained from the "
+          "gateway's access-log line of every request and the backends' id logs:")
+    groups = {}
+    for r in fails:
         c = classify(r, log_lines, recv, done, windows)
-        P(f"  t={r['t0']:6.1f}s {r['phase']:<14} {r['method']:4} {r['kind']:<12} {c['cause']:<28} "
-          f"{'EXPLAINED' if c['explained'] else 'UNEXPLAINED'}: {c['why']}"
-          + (f"  [mechanism: {c['mechanism']}]" if c["mechanism"] and not c["explained"] else ""))
+        key = (r["phase"], r["method"], c["cause"], c["explained"], re.sub(r"\d+\.\d+s", "Ts", c["why"]),
+               c["mechanism"])
+        g = groups.setdefault(key, [0, r["t0"], r["t0"], c["why"]])
+        g[0] += 1
+        g[2] = r["t0"]
+    for (phase, method, cause, expl, _, mech), (n, a, z, why) in groups.items():
+        P(f"  {n:5d} x {phase:<14} {method:4} {cause:<24} t={a:.1f}..{z:.1f}s "
+          f"{'EXPLAINED' if expl else 'UNEXPLAINED'}: {why}"
+          + (f"  [mechanism: {mech}]" if mech else ""))
+    if fails:
+        P("  first failures one by one:")
+    for r in fails[:8]:
+        c = classify(r, log_lines, recv, done, windows)
+        P(f"    t={r['t0']:6.1f}s {r['rid']} {r['method']} {r['kind']} {c['cause']} backend {c['backend']} "
+          f"gateway error {c['gw_error']} executed by a backend {c['executed']}x")
     for r in fails:
         if r["method"] == "POST":
             c = classify(r, log_lines, recv, done, windows)
