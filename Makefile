@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RELEASE := target/release
 
-.PHONY: deps build run test lint bench load-test install fuzz clean
+.PHONY: deps build run test lint bench load-test chaos install fuzz clean
 
 deps:
 	@missing=""; \
@@ -46,6 +46,11 @@ bench: deps
 
 load-test: build
 	./load-tests/run-k6.sh smoke.js
+
+# Bounded chaos run (not in `make test`): faults under mixed traffic, report, non-zero exit
+# when a target is missed. CHAOS_SECONDS=60 (default 180), SOAK=10m. load-tests/README.md.
+chaos: deps
+	./load-tests/chaos.sh
 
 install: build
 	$(SUDO) install -D -m 0755 $(RELEASE)/portcullis $(PREFIX)/bin/portcullis
