@@ -656,7 +656,7 @@ impl Upstream {
             let chosen = self.pick(key, &states, now, |a| {
                 !(skip.contains(a) || exclude_tried && tried.contains(a))
             });
-            let Some(addr) = chosen else {
+            let Some((addr, past_breaker)) = chosen else {
                 if exclude_tried && allow_tried && !tried.is_empty() {
                     exclude_tried = false;
                     continue;
@@ -674,6 +674,13 @@ impl Upstream {
                     &self.breaker_policy,
                 )),
             };
+            if past_breaker {
+                // chosen despite its open breaker (see `pick`): no probe accounting
+                return Ok(Selected {
+                    state,
+                    probe: false,
+                });
+            }
             match state.breaker.admit(&self.breaker_policy, now, &state.label) {
                 Admit::Yes => {
                     return Ok(Selected {
@@ -688,37 +695,63 @@ impl Upstream {
         Err(self.why_none(&states, now, tried))
     }
 
-    /// One pass of the load-balancing algorithm over healthy, admissible backends.
+    /// One pass of the load-balancing algorithm over healthy, admissible backends; `true`
+    /// with the address when it was chosen past its open breaker.
     fn pick<F: Fn(&SocketAddr) -> bool>(
         &self,
         key: &[u8],
         states: &AHashMap<SocketAddr, Arc<BackendState>>,
         now: u64,
         extra: F,
-    ) -> Option<SocketAddr> {
+    ) -> Option<(SocketAddr, bool)> {
         let policy = &self.breaker_policy;
-        let accept = |b: &Backend, healthy: bool| {
+        let usable = |b: &Backend, healthy: bool| -> Option<SocketAddr> {
             if !healthy {
-                return false;
+                return None;
             }
-            let Some(a) = inet(b) else { return false };
-            if !extra(&a) {
-                return false;
-            }
-            // an open circuit takes the backend out of rotation until it may half-open
-            states.get(&a).is_none_or(|s| {
+            let a = inet(b)?;
+            extra(&a).then_some(a)
+        };
+        // an open circuit takes the backend out of rotation until it may half-open
+        let closed = |a: &SocketAddr| {
+            states.get(a).is_none_or(|s| {
                 !policy.enabled
                     || s.breaker.state() == breaker::CLOSED
                     || s.breaker.ms_until_half_open(now) == 0
             })
         };
+        if let Some(a) =
+            self.select_by(key, states, |b, h| usable(b, h).is_some_and(|a| closed(&a)))
+        {
+            return Some((a, false));
+        }
+        // The ejection cap counts every backend out of rotation, not only the breakers':
+        // when health checks took out the others, a backend whose breaker is open but which
+        // passes its health check is the best there is (and a recovered one closes its
+        // breaker with the first successes) — rather than a 503 while it answers.
+        let be = self.backends();
+        let health_down = self.membership.current().iter().any(|b| !be.ready(b));
+        if health_down {
+            return self
+                .select_by(key, states, |b, h| usable(b, h).is_some())
+                .map(|a| (a, true));
+        }
+        None
+    }
+
+    fn select_by<A: Fn(&Backend, bool) -> bool>(
+        &self,
+        key: &[u8],
+        states: &AHashMap<SocketAddr, Arc<BackendState>>,
+        accept: A,
+    ) -> Option<SocketAddr> {
         let chosen = match &self.selector {
-            Selector::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
-            Selector::Random(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
-            Selector::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Selector::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, &accept),
+            Selector::Random(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, &accept),
+            Selector::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, &accept),
             Selector::LeastRequest(lb) => {
-                let a = lb.select_with(key, MAX_SELECT_ITERATIONS, accept)?;
-                match lb.select_with(key, MAX_SELECT_ITERATIONS, accept) {
+                let a = lb.select_with(key, MAX_SELECT_ITERATIONS, &accept)?;
+                match lb.select_with(key, MAX_SELECT_ITERATIONS, &accept) {
                     Some(b) if b != a => {
                         let load = |x: &Backend| {
                             let n = inet(x)
