@@ -295,12 +295,6 @@ async fn reload_of_ten_thousand_routes_under_load() {
     assert_eq!(upstream_of(&gw, "/r10000/items/1").await.0, 200);
 }
 
-async fn healthz_pid(gw: &Gateway) -> Option<u64> {
-    let r = client().get(gw.admin_url("/healthz")).send().await.ok()?;
-    let v: Value = r.json().await.ok()?;
-    v["pid"].as_u64()
-}
-
 #[tokio::test]
 async fn zero_downtime_binary_upgrade_twice() {
     let a = Upstream::start("a").await;

@@ -434,6 +434,13 @@ pub async fn get_json(
     (status, headers, v)
 }
 
+/// `/healthz`'s "pid" on the admin listener: the process actually serving.
+pub async fn healthz_pid(gw: &Gateway) -> Option<u64> {
+    let r = client().get(gw.admin_url("/healthz")).send().await.ok()?;
+    let v: serde_json::Value = r.json().await.ok()?;
+    v["pid"].as_u64()
+}
+
 /// Send raw bytes on a new connection and return the raw response text.
 pub async fn raw(port: u16, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
