@@ -259,9 +259,20 @@ async fn reload_of_ten_thousand_routes_under_load() {
             }
         }));
     }
+    // let the load run for some requests (counted, not timed) before each reload and after
+    let some_requests = |done: Arc<AtomicUsize>| async move {
+        let from = done.load(Ordering::Relaxed);
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                done.load(Ordering::Relaxed) >= from + 20
+            })
+            .await,
+            "the load loop makes progress"
+        );
+    };
     let mut reload_ms = Vec::new();
     for i in 0..3 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        some_requests(done.clone()).await;
         // alternate between two 10,000-route configs
         let routes = if i % 2 == 0 {
             many_routes(10_001)
@@ -273,7 +284,7 @@ async fn reload_of_ten_thousand_routes_under_load() {
         assert_eq!(s, 200, "{v}");
         reload_ms.push(v["millis"].as_f64().unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    some_requests(done.clone()).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
@@ -286,10 +297,16 @@ async fn reload_of_ten_thousand_routes_under_load() {
         "no request failed during reloads"
     );
     assert!(done.load(Ordering::Relaxed) > 50);
-    // a stall would show as a request waiting for the reload; requests never wait on it
+    // A stall shows as a request waiting for the reload. Four clients loop without pause,
+    // so in a gateway that blocked requests while compiling, some request would arrive in
+    // the first half of a reload and wait at least half of it. The bound is therefore half
+    // the fastest reload measured in this run (about 1 s of a 2-3 s debug-build reload on
+    // this machine; a request normally takes well under 100 ms, the slowest seen 300 ms),
+    // not a fixed figure that a fast reload would slip under.
+    let fastest = reload_ms.iter().cloned().fold(f64::INFINITY, f64::min);
     assert!(
-        slowest_ms.load(Ordering::Relaxed) < 2000,
-        "a request stalled for {} ms",
+        (slowest_ms.load(Ordering::Relaxed) as f64) < fastest / 2.0,
+        "a request stalled for {} ms during reloads of {reload_ms:?} ms",
         slowest_ms.load(Ordering::Relaxed)
     );
     assert_eq!(upstream_of(&gw, "/r10000/items/1").await.0, 200);
@@ -307,16 +324,20 @@ async fn zero_downtime_binary_upgrade_twice() {
     let failures = Arc::new(AtomicUsize::new(0));
     // Pingora drops a connection it accepted but has not read a request from when its
     // graceful shutdown begins (pingora-proxy `handle_new_request`): a brand-new connection
-    // landing on the old process in that instant fails. Counted apart, and bounded.
+    // landing on the old process in that instant fails. Only such drops are excused, and only
+    // while an old process is shutting down (from its SIGQUIT to its exit, `old_draining`):
+    // the same error at any other time is a failure like any other.
     let fresh_conn_drops = Arc::new(AtomicUsize::new(0));
+    let old_draining = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for t in 0..4 {
-        let (stop, failures, done, drops) = (
+        let (stop, failures, done, drops, draining) = (
             stop.clone(),
             failures.clone(),
             done.clone(),
             fresh_conn_drops.clone(),
+            old_draining.clone(),
         );
         let url = gw.url("/svc/x");
         tasks.push(tokio::spawn(async move {
@@ -331,13 +352,20 @@ async fn zero_downtime_binary_upgrade_twice() {
                         .build()
                         .unwrap();
                 }
-                match c.get(&url).send().await {
+                let during_drain = draining.load(Ordering::SeqCst);
+                let res = c.get(&url).send().await;
+                let during_drain = during_drain || draining.load(Ordering::SeqCst);
+                match res {
                     Ok(r) if r.status() == 200 => {}
                     Ok(r) => {
                         eprintln!("status {}", r.status());
                         failures.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) if !keepalive && format!("{e:?}").contains("IncompleteMessage") => {
+                    Err(e)
+                        if !keepalive
+                            && during_drain
+                            && format!("{e:?}").contains("IncompleteMessage") =>
+                    {
                         eprintln!("new connection dropped by the old process at shutdown: {e:?}");
                         drops.fetch_add(1, Ordering::Relaxed);
                     }
@@ -356,8 +384,19 @@ async fn zero_downtime_binary_upgrade_twice() {
     let first_pid = old.id() as u64;
     assert_eq!(healthz_pid(&gw).await, Some(first_pid));
     let mut pids = vec![first_pid];
+    // let the load run for some requests (counted, not timed) before each step
+    let some_requests = |done: Arc<AtomicUsize>| async move {
+        let from = done.load(Ordering::Relaxed);
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                done.load(Ordering::Relaxed) >= from + 40
+            })
+            .await,
+            "the load loop makes progress"
+        );
+    };
     for round in 0..2 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        some_requests(done.clone()).await;
         let _ = std::fs::remove_file(&sock);
         let log = std::fs::OpenOptions::new()
             .append(true)
@@ -382,7 +421,10 @@ async fn zero_downtime_binary_upgrade_twice() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // no sleep needed here: the socket file exists once the new process has bound it,
+        // and the old one retries its connect on ECONNREFUSED until it listens
+        // (pingora-core transfer_fd::send_fds_to)
+        old_draining.store(true, Ordering::SeqCst);
         let _ = Command::new("kill")
             .arg("-QUIT")
             .arg(old.id().to_string())
@@ -405,10 +447,11 @@ async fn zero_downtime_binary_upgrade_twice() {
             assert!(Instant::now() < deadline, "old process did not exit");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        old_draining.store(false, Ordering::SeqCst);
         pids.push(new_pid);
         old = new;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    some_requests(done.clone()).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
@@ -419,9 +462,13 @@ async fn zero_downtime_binary_upgrade_twice() {
         done.load(Ordering::Relaxed),
         fresh_conn_drops.load(Ordering::Relaxed)
     );
-    // Pingora's shutdown race (above) hits at most a connection or so per upgrade.
+    // Pingora's shutdown race (above) can only hit a connection the old process accepted and
+    // had not read from at the instant its shutdown began. Each of the two new-connection
+    // clients has at most one connection open at any instant, and each upgrade has one such
+    // instant: at most 2 per upgrade, 4 over two. Any other drop (a keep-alive connection, or
+    // outside an old process's shutdown) is counted in `failures`, which must be 0.
     assert!(
-        fresh_conn_drops.load(Ordering::Relaxed) <= 2,
+        fresh_conn_drops.load(Ordering::Relaxed) <= 4,
         "brand-new connections dropped at shutdown: {}",
         fresh_conn_drops.load(Ordering::Relaxed)
     );
