@@ -141,10 +141,11 @@ fn bearer(t: &str) -> String {
 async fn jwt_algorithms_claims_and_identity_headers() {
     let up = Upstream::start("u").await;
     let k = keys();
+    let no_idp = dead_port(); // an IdP that refuses, on a reserved port
     let gw = start(
         &up,
         &k,
-        &format!("http://127.0.0.1:{}/jwks.json", free_port()),
+        &format!("http://127.0.0.1:{}/jwks.json", no_idp.port),
     )
     .await;
     let hs = EncodingKey::from_secret(HS_SECRET.as_bytes());
@@ -386,10 +387,11 @@ async fn jwt_algorithms_claims_and_identity_headers() {
 async fn api_keys_scopes_and_missing_credentials() {
     let up = Upstream::start("u").await;
     let k = keys();
+    let no_idp = dead_port(); // an IdP that refuses, on a reserved port
     let gw = start(
         &up,
         &k,
-        &format!("http://127.0.0.1:{}/jwks.json", free_port()),
+        &format!("http://127.0.0.1:{}/jwks.json", no_idp.port),
     )
     .await;
 
@@ -537,7 +539,7 @@ async fn jwks_rotation_outage_and_unavailable_keys() {
 
     // the IdP goes down: the last good keys keep working (a fresh token, not from the cache)
     idp.kill();
-    tokio::time::sleep(Duration::from_millis(1200)).await; // past the cooldown
+    wait_out(Duration::from_secs(1)).await; // past the 1 s jwks_cooldown
     let t2b = sign(
         Algorithm::RS256,
         &key2,
@@ -561,10 +563,11 @@ async fn jwks_rotation_outage_and_unavailable_keys() {
     drop(gw);
 
     // a gateway that never obtained keys answers 503, not 401
+    let no_idp = dead_port(); // an IdP that refuses, on a reserved port
     let gw = start(
         &up,
         &k1,
-        &format!("http://127.0.0.1:{}/jwks.json", free_port()),
+        &format!("http://127.0.0.1:{}/jwks.json", no_idp.port),
     )
     .await;
     let (s, h, v) = call(&gw, "/jwks/x", &[("authorization", &bearer(&t1))]).await;
@@ -577,10 +580,11 @@ async fn jwks_rotation_outage_and_unavailable_keys() {
 async fn revoked_tokens_are_refused_even_when_cached() {
     let up = Upstream::start("u").await;
     let k = keys();
+    let no_idp = dead_port(); // an IdP that refuses, on a reserved port
     let gw = start(
         &up,
         &k,
-        &format!("http://127.0.0.1:{}/jwks.json", free_port()),
+        &format!("http://127.0.0.1:{}/jwks.json", no_idp.port),
     )
     .await;
     let rs = EncodingKey::from_rsa_pem(k.rsa_priv_pem.as_bytes()).unwrap();

@@ -193,7 +193,7 @@ async fn ttl_expiry_and_upstream_freshness() {
     // the route's TTL
     assert_eq!(get(&gw, "/short/a", &[]).await.x_cache(), "MISS");
     assert_eq!(get(&gw, "/short/a", &[]).await.x_cache(), "HIT");
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    wait_out(Duration::from_secs(1)).await; // the 1 s TTL
     assert_eq!(get(&gw, "/short/a", &[]).await.x_cache(), "MISS");
     assert_eq!(get(&gw, "/short/a", &[]).await.x_cache(), "HIT");
     assert_eq!(up.hits_for("/short/a"), 2);
@@ -203,7 +203,7 @@ async fn ttl_expiry_and_upstream_freshness() {
     assert_eq!(get(&gw, "/c/maxage", &[]).await.x_cache(), "HIT");
     // ...unless the route overrides it
     assert_eq!(get(&gw, "/override/maxage", &[]).await.x_cache(), "MISS");
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    wait_out(Duration::from_secs(1)).await; // the 1 s TTL
     assert_eq!(get(&gw, "/c/maxage", &[]).await.x_cache(), "MISS");
     assert_eq!(get(&gw, "/override/maxage", &[]).await.x_cache(), "HIT");
     assert_eq!(up.hits_for("/c/maxage"), 2);
@@ -419,7 +419,7 @@ routes:
     let gw = start(yaml, &up).await;
     let r = get(&gw, "/swr/a", &[]).await;
     assert_eq!((r.x_cache(), r.text().as_str()), ("MISS", "v1"));
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    wait_out(Duration::from_secs(1)).await; // the 1 s TTL
     let r = get(&gw, "/swr/a", &[]).await;
     assert_eq!(
         (r.status, r.x_cache(), r.text().as_str()),
@@ -451,7 +451,7 @@ routes:
     let fresh = get(&gw, "/sie/a", &[]).await;
     assert_eq!(fresh.x_cache(), "MISS");
     assert_eq!(get(&gw, "/nostale/a", &[]).await.x_cache(), "MISS");
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    wait_out(Duration::from_secs(1)).await; // the 1 s TTL
 
     // the upstream answers 503: the stale entry is served instead
     up.set_mode(Mode::Status(503));
@@ -463,7 +463,7 @@ routes:
 
     // the upstream is gone
     up.kill();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_refused(up.addr).await;
     let r = get(&gw, "/sie/a", &[]).await;
     assert_eq!((r.status, r.x_cache()), (200, "STALE"), "{}", r.text());
     assert_eq!(r.body, fresh.body);

@@ -201,11 +201,17 @@ async fn watch_reloads_on_file_change() {
         })
         .await
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    gw.write_config(&base(&a, &b, ROUTES_V2, ""));
+    // The watcher compares the file's mtime once a second with the one it saw last. Rather
+    // than sleeping past a tick and hoping the write lands after the watcher started, the
+    // new config is written again on every poll until the gateway serves it.
+    let v2 = base(&a, &b, ROUTES_V2, "");
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            upstream_of(&gw, "/new/x").await.0 == 200
+        eventually(Duration::from_secs(15), || async {
+            if upstream_of(&gw, "/new/x").await.0 == 200 {
+                return true;
+            }
+            gw.write_config(&v2);
+            false
         })
         .await,
         "{}",

@@ -57,12 +57,24 @@ async fn killed_backend_causes_no_client_errors_for_gets() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // kill b once the load is running through both backends (counted, not timed)
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            done.load(Ordering::SeqCst) >= 40 && b.hits() > 0
+        })
+        .await,
+        "load reached b"
+    );
     b.kill(); // mid-run: open keep-alive connections die, new connects are refused
+    let at_kill = done.load(Ordering::SeqCst);
     for t in tasks {
         t.await.unwrap();
     }
-    assert!(done.load(Ordering::SeqCst) > 100, "load ran");
+    assert!(
+        done.load(Ordering::SeqCst) >= at_kill + 40,
+        "load ran on after the kill ({} requests, {at_kill} before it)",
+        done.load(Ordering::SeqCst)
+    );
     assert_eq!(
         errors.load(Ordering::SeqCst),
         0,
@@ -157,7 +169,7 @@ async fn breaker_opens_answers_503_then_half_opens_and_closes() {
 
     // after open_for the breaker half-opens; the backend recovered; two probes close it
     a.set_mode(Mode::Echo);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    wait_out(Duration::from_secs(1)).await; // open_for: 1s
     for _ in 0..2 {
         assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
     }
@@ -276,8 +288,9 @@ async fn timeouts_answer_504_within_the_bound() {
 
 #[tokio::test]
 async fn unreachable_pool_is_502() {
-    let dead1 = free_port();
-    let dead2 = free_port();
+    // reserved, refusing ports: a parallel test cannot start a server on them
+    let (d1, d2) = (dead_port(), dead_port());
+    let (dead1, dead2) = (d1.port, d2.port);
     let gw = Gateway::start(&format!(
         r#"
 server:

@@ -523,7 +523,8 @@ routes:
 #[tokio::test]
 async fn dead_backend_connect_failures_go_elsewhere() {
     let a = Upstream::start("a").await;
-    let dead = free_port();
+    let dead_reserved = dead_port(); // refuses, and no parallel test can bind it
+    let dead = dead_reserved.port;
     let gw = Gateway::start(&format!(
         r#"
 server:

@@ -25,6 +25,21 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A port on 127.0.0.1 that refuses connections and stays reserved while this lives: the
+/// socket is bound but never listens, so connects get a RST and no parallel test (or
+/// `free_port`) can take the port. Use it for "dead" backends and unreachable IdPs.
+pub struct DeadPort {
+    pub port: u16,
+    _sock: tokio::net::TcpSocket,
+}
+
+pub fn dead_port() -> DeadPort {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let port = sock.local_addr().expect("local addr").port();
+    DeadPort { port, _sock: sock }
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -451,6 +466,26 @@ pub async fn raw(port: u16, request: &[u8]) -> String {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// How far past a TTL (cache ttl, breaker open_for, JWKS cooldown) a test waits before it
+/// expects the TTL to have lapsed: five times the ~200 ms of scheduling jitter seen on the
+/// shared 2-core test machine, where 100-300 ms margins were close to the noise.
+pub const TTL_MARGIN: Duration = Duration::from_secs(1);
+
+/// Wait out a TTL of `ttl` with [`TTL_MARGIN`] to spare. For TTLs only: an event (a reload,
+/// a process exit, a log line) is awaited with [`eventually`], never with a sleep.
+pub async fn wait_out(ttl: Duration) {
+    tokio::time::sleep(ttl + TTL_MARGIN).await;
+}
+
+/// Wait until nothing accepts connections on `addr` any more (a killed [`Upstream`]).
+pub async fn wait_refused(addr: SocketAddr) {
+    let gone = eventually(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(gone, "{addr} still accepts connections");
 }
 
 /// Poll `f` until it returns true or `timeout` passes.
