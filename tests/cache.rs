@@ -8,7 +8,6 @@ use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -295,10 +294,6 @@ async fn vary_and_key_headers_separate_entries() {
 
 const ALICE: &str = "alice-key-0123456789abcdefghijklmnop";
 const BOB: &str = "bob-key-0123456789abcdefghijklmnopqrs";
-
-fn sha(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
-}
 
 #[tokio::test]
 async fn authenticated_routes_cache_per_identity() {

@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,7 +45,7 @@ routes:
     security_headers: {{ hsts: "", content_type_options: true, frame_options: DENY, referrer_policy: no-referrer }}
 "#,
         up = up.addr,
-        key = hex::encode(Sha256::digest(KEY.as_bytes())),
+        key = sha(KEY),
     )
 }
 

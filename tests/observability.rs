@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "observability-test-key-0123456789abcdef";
@@ -41,7 +40,7 @@ routes:
 "#,
         a = a.addr,
         b = b.addr,
-        key = hex::encode(Sha256::digest(KEY.as_bytes())),
+        key = sha(KEY),
     )
 }
 

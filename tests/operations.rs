@@ -179,22 +179,7 @@ async fn watch_reloads_on_file_change() {
     let b = Upstream::start("b").await;
     let mut gw = Gateway::start(&base(&a, &b, ROUTES_V1, "")).await;
     // restart the same config with --watch
-    if let Some(mut ch) = gw.child.take() {
-        let _ = ch.kill();
-        let _ = ch.wait();
-    }
-    let log = std::fs::File::create(&gw.log_path).unwrap();
-    gw.child = Some(
-        Command::new(bin())
-            .args(["--watch", "-c"])
-            .arg(&gw.config_path)
-            .arg("--server-conf")
-            .arg(gw.dir.path().join("pingora.yaml"))
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap(),
-    );
+    gw.restart_with(&["--watch"]).await;
     assert!(
         eventually(Duration::from_secs(10), || async {
             upstream_of(&gw, "/svc/x").await.0 == 200

@@ -894,7 +894,6 @@ async fn ws_echo() -> SocketAddr {
 const WS_KEY: &str = "ws-secret-key";
 
 fn ws_config(ws: SocketAddr, extra_route: &str) -> String {
-    use sha2::{Digest, Sha256};
     format!(
         r#"
 server:
@@ -914,7 +913,7 @@ routes:
   - {{ match: {{ path: /ws }}, upstream: ws, auth: {{ any_of: [api_key] }}, rate_limit: [ws] }}
 {extra_route}
 "#,
-        key = hex::encode(Sha256::digest(WS_KEY.as_bytes()))
+        key = sha(WS_KEY)
     )
 }
 

@@ -5,19 +5,14 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const FREE_KEY: &str = "free-key-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const PREMIUM_KEY: &str = "premium-key-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const OTHER_KEY: &str = "other-free-key-ccccccccccccccccccccccccccccc";
-
-fn sha(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
-}
 
 fn config(up: &Upstream, extra_limits: &str) -> String {
     format!(
@@ -231,37 +226,6 @@ async fn accuracy_at_three_times_the_limit() {
     assert!(err.abs() <= 0.10, "admitted {ok}, expected {expected} ±10%");
 }
 
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (make deps)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Redis { child, port }
-    }
-}
-
 /// How many gateway instances Redis currently counts as registered (`redis-cli ZCARD`).
 fn redis_instances(port: u16) -> Option<u64> {
     let out = Command::new("redis-cli")
@@ -269,13 +233,6 @@ fn redis_instances(port: u16) -> Option<u64> {
         .output()
         .ok()?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn cluster_config(up: &Upstream, redis_port: u16) -> String {

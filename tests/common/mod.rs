@@ -274,8 +274,7 @@ pub struct Gateway {
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// sha256("test-admin-token")
 pub fn admin_token_sha256() -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(ADMIN_TOKEN.as_bytes()))
+    sha(ADMIN_TOKEN)
 }
 
 pub fn bin() -> &'static str {
@@ -372,6 +371,33 @@ impl Gateway {
         }
     }
 
+    /// Stop the gateway and start it again on the same config, ports, server conf and log
+    /// (appended to), with `args` added to the command line (`--watch`, say). Edit
+    /// `dir/pingora.yaml` first to change the server conf.
+    pub async fn restart_with(&mut self, args: &[&str]) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(bin())
+            .args(args)
+            .arg("-c")
+            .arg(&self.config_path)
+            .arg("--server-conf")
+            .arg(self.dir.path().join("pingora.yaml"))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("spawn portcullis");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
@@ -436,17 +462,75 @@ impl Drop for Gateway {
     }
 }
 
-/// GET and return (status, headers, body as JSON or Null).
-pub async fn get_json(
+/// Lower-case hex SHA-256 of `s` (API key digests in configs).
+pub fn sha(s: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// GET with extra request headers; (status, headers, body as JSON or Null).
+pub async fn get_with(
     c: &reqwest::Client,
     url: &str,
+    headers: &[(&str, &str)],
 ) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
-    let r = c.get(url).send().await.expect("request");
+    let mut rb = c.get(url);
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    let r = rb.send().await.expect("request");
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let body = r.bytes().await.unwrap_or_default();
     let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     (status, headers, v)
+}
+
+/// A real `redis-server` on `port` (no persistence), killed on drop.
+pub struct Redis {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (make deps)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Redis { child, port }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET and return (status, headers, body as JSON or Null).
+pub async fn get_json(
+    c: &reqwest::Client,
+    url: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    get_with(c, url, &[]).await
 }
 
 /// `/healthz`'s "pid" on the admin listener: the process actually serving.
