@@ -349,6 +349,14 @@ routes:
         };
         assert_eq!(r.version(), want);
         assert!(r.headers().contains_key("x-request-id"));
+        // HSTS (the default security_headers.hsts) on responses to TLS requests
+        assert_eq!(
+            r.headers()
+                .get("strict-transport-security")
+                .map(|v| v.to_str().unwrap()),
+            Some("max-age=31536000"),
+            "HSTS on TLS responses"
+        );
         let v: Value = r.json().await.unwrap();
         assert_eq!(echo_headers(&v)["x-forwarded-proto"], "https", "{v}");
         assert_eq!(
@@ -356,9 +364,10 @@ routes:
             format!("a.test:{tls_port}")
         );
     }
-    // and plain HTTP says http
-    let (s, _, v) = get_json(&client(), &gw.url("/x")).await;
+    // and plain HTTP says http, without HSTS (meaningless, and ignored by browsers, there)
+    let (s, h, v) = get_json(&client(), &gw.url("/x")).await;
     assert_eq!(s, 200);
+    assert!(h.get("strict-transport-security").is_none(), "{h:?}");
     assert_eq!(echo_headers(&v)["x-forwarded-proto"], "http");
     // the gateway survived the broken handshakes
     assert!(!gw.log().contains("panicked"), "{}", gw.log());
