@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -222,48 +222,14 @@ async fn reload_of_ten_thousand_routes_under_load() {
     let gw = Gateway::start(&base(&a, &b, &many_routes(10_000), "")).await;
     assert_eq!(upstream_of(&gw, "/r9999/items/1").await.0, 200);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let slowest_ms = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for t in 0..4 {
-        let (stop, failures, done, slowest) = (
-            stop.clone(),
-            failures.clone(),
-            done.clone(),
-            slowest_ms.clone(),
-        );
-        let url = gw.url(&format!("/r{}/items/7", t * 1000));
-        tasks.push(tokio::spawn(async move {
-            let c = client();
-            while !stop.load(Ordering::Relaxed) {
-                let t0 = Instant::now();
-                match c.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => {}
-                    _ => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                slowest.fetch_max(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    // let the load run for some requests (counted, not timed) before each reload and after
-    let some_requests = |done: Arc<AtomicUsize>| async move {
-        let from = done.load(Ordering::Relaxed);
-        assert!(
-            eventually(Duration::from_secs(20), || async {
-                done.load(Ordering::Relaxed) >= from + 20
-            })
-            .await,
-            "the load loop makes progress"
-        );
-    };
+    let urls: Vec<String> = (0..4)
+        .map(|t| gw.url(&format!("/r{}/items/7", t * 1000)))
+        .collect();
+    let load = Load::start(&urls, 4);
     let mut reload_ms = Vec::new();
     for i in 0..3 {
-        some_requests(done.clone()).await;
+        // let the load run for some requests (counted, not timed) before each reload
+        load.progress(20).await;
         // alternate between two 10,000-route configs
         let routes = if i % 2 == 0 {
             many_routes(10_001)
@@ -275,19 +241,14 @@ async fn reload_of_ten_thousand_routes_under_load() {
         assert_eq!(s, 200, "{v}");
         reload_ms.push(v["millis"].as_f64().unwrap());
     }
-    some_requests(done.clone()).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    println!("RELOAD 10k routes (debug build): {reload_ms:?} ms; {} requests during reloads, slowest {} ms",
-        done.load(Ordering::Relaxed), slowest_ms.load(Ordering::Relaxed));
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "no request failed during reloads"
+    load.progress(20).await;
+    let stats = load.stop().await;
+    println!(
+        "RELOAD 10k routes (debug build): {reload_ms:?} ms; {} requests during reloads, slowest {} ms",
+        stats.done, stats.slowest_ms
     );
-    assert!(done.load(Ordering::Relaxed) > 50);
+    assert_eq!(stats.failures, 0, "no request failed during reloads");
+    assert!(stats.done > 50);
     // A stall shows as a request waiting for the reload. Four clients loop without pause,
     // so in a gateway that blocked requests while compiling, some request would arrive in
     // the first half of a reload and wait at least half of it. The bound is therefore half
@@ -296,9 +257,9 @@ async fn reload_of_ten_thousand_routes_under_load() {
     // not a fixed figure that a fast reload would slip under.
     let fastest = reload_ms.iter().cloned().fold(f64::INFINITY, f64::min);
     assert!(
-        (slowest_ms.load(Ordering::Relaxed) as f64) < fastest / 2.0,
+        (stats.slowest_ms as f64) < fastest / 2.0,
         "a request stalled for {} ms during reloads of {reload_ms:?} ms",
-        slowest_ms.load(Ordering::Relaxed)
+        stats.slowest_ms
     );
     assert_eq!(upstream_of(&gw, "/r10000/items/1").await.0, 200);
 }

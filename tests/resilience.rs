@@ -4,8 +4,6 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn config(backends: &[&Upstream], extra: &str) -> String {
@@ -35,49 +33,22 @@ async fn killed_backend_causes_no_client_errors_for_gets() {
     let a = Upstream::start("a").await;
     let mut b = Upstream::start("b").await;
     let gw = Gateway::start(&config(&[&a, &b], "")).await;
-    let c = client();
-    let errors = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let c = c.clone();
-        let url = gw.url("/x");
-        let errors = errors.clone();
-        let done = done.clone();
-        tasks.push(tokio::spawn(async move {
-            let end = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < end {
-                match c.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => {}
-                    _ => {
-                        errors.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-                done.fetch_add(1, Ordering::SeqCst);
-            }
-        }));
-    }
+    let load = Load::start(&[gw.url("/x")], 4);
     // kill b once the load is running through both backends (counted, not timed)
     assert!(
         eventually(Duration::from_secs(10), || async {
-            done.load(Ordering::SeqCst) >= 40 && b.hits() > 0
+            load.done() >= 40 && b.hits() > 0
         })
         .await,
         "load reached b"
     );
     b.kill(); // mid-run: open keep-alive connections die, new connects are refused
-    let at_kill = done.load(Ordering::SeqCst);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert!(
-        done.load(Ordering::SeqCst) >= at_kill + 40,
-        "load ran on after the kill ({} requests, {at_kill} before it)",
-        done.load(Ordering::SeqCst)
-    );
+    let at_kill = load.done();
+    load.progress(200).await;
+    let stats = load.stop().await;
+    println!("KILL: {stats:?}, {at_kill} before the kill");
     assert_eq!(
-        errors.load(Ordering::SeqCst),
-        0,
+        stats.failures, 0,
         "GETs were retried on the surviving backend"
     );
 }

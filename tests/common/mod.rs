@@ -300,6 +300,15 @@ pub fn validate(yaml: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `portcullis -t` must refuse `yaml`, and its output must name every one of `want`.
+pub fn assert_refused(yaml: &str, want: &[&str]) {
+    let (ok, out) = validate(yaml);
+    assert!(!ok, "expected failure for:\n{yaml}\noutput:\n{out}");
+    for w in want {
+        assert!(out.contains(w), "missing `{w}` in:\n{out}\nfor:\n{yaml}");
+    }
+}
+
 impl Gateway {
     /// Start the gateway with `yaml`, in which `{port}` and `{admin_port}` are replaced by
     /// free ports and `{admin_sha}` by the digest of [`ADMIN_TOKEN`].
@@ -570,6 +579,99 @@ pub async fn wait_refused(addr: SocketAddr) {
     })
     .await;
     assert!(gone, "{addr} still accepts connections");
+}
+
+/// Closed-loop load: `clients` tasks, task i GETting `urls[i % urls.len()]` back to back on
+/// its own keep-alive client until stopped. A request is a failure unless it answers 200.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    done: Arc<AtomicUsize>,
+    failures: Arc<AtomicUsize>,
+    slowest_ms: Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What a [`Load`] did, once stopped.
+#[derive(Debug)]
+pub struct LoadStats {
+    pub done: usize,
+    pub failures: usize,
+    pub slowest_ms: u64,
+}
+
+impl Load {
+    pub fn start(urls: &[String], clients: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(AtomicUsize::new(0));
+        let slowest_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let tasks = (0..clients)
+            .map(|i| {
+                let url = urls[i % urls.len()].clone();
+                let (stop, done, failures, slowest) = (
+                    stop.clone(),
+                    done.clone(),
+                    failures.clone(),
+                    slowest_ms.clone(),
+                );
+                tokio::spawn(async move {
+                    let c = client();
+                    while !stop.load(Ordering::Relaxed) {
+                        let t0 = Instant::now();
+                        match c.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => {}
+                            Ok(r) => {
+                                eprintln!("load: {url}: status {}", r.status());
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                eprintln!("load: {url}: {e:?}");
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        slowest.fetch_max(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            done,
+            failures,
+            slowest_ms,
+            tasks,
+        }
+    }
+
+    pub fn done(&self) -> usize {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Wait until `n` more requests have completed (counted, not timed).
+    pub async fn progress(&self, n: usize) {
+        let from = self.done();
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                self.done() >= from + n
+            })
+            .await,
+            "the load made no progress ({} requests)",
+            self.done()
+        );
+    }
+
+    pub async fn stop(self) -> LoadStats {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        LoadStats {
+            done: self.done.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            slowest_ms: self.slowest_ms.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Poll `f` until it returns true or `timeout` passes.
