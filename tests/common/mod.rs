@@ -266,6 +266,8 @@ pub struct Gateway {
     pub child: Option<Child>,
     pub port: u16,
     pub admin_port: u16,
+    /// The config has an admin listener: readiness waits for it too.
+    pub has_admin: bool,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
@@ -319,6 +321,7 @@ impl Gateway {
     pub async fn start_with(yaml: &str, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let admin_port = free_port();
+        let has_admin = yaml.contains("{admin_port}");
         let dir = tempfile::tempdir().unwrap();
         let yaml = yaml
             .replace("{port}", &port.to_string())
@@ -353,6 +356,7 @@ impl Gateway {
             child: Some(child),
             port,
             admin_port,
+            has_admin,
             dir,
             config_path,
             log_path,
@@ -367,9 +371,15 @@ impl Gateway {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("portcullis exited with {status}:\n{}", self.log());
             }
+            // the proxy listener and, when configured, the admin listener (which may come
+            // up later: a test asking /healthz right after start would get nothing)
             if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
                 .await
                 .is_ok()
+                && (!self.has_admin
+                    || tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port))
+                        .await
+                        .is_ok())
             {
                 return;
             }
