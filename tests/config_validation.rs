@@ -2,7 +2,7 @@
 //! non-zero exit; a good one exits 0.
 
 mod common;
-use common::validate;
+use common::{assert_refused, validate};
 
 const GOOD: &str = r#"
 upstreams:
@@ -11,14 +11,6 @@ routes:
   - match: { path: /a }
     upstream: a
 "#;
-
-fn assert_bad(yaml: &str, want: &[&str]) {
-    let (ok, out) = validate(yaml);
-    assert!(!ok, "expected failure for:\n{yaml}\noutput:\n{out}");
-    for w in want {
-        assert!(out.contains(w), "missing `{w}` in:\n{out}");
-    }
-}
 
 #[test]
 fn good_config_passes() {
@@ -47,7 +39,7 @@ fn shipped_demo_config_is_valid() {
 
 #[test]
 fn unknown_upstream() {
-    assert_bad(
+    assert_refused(
         "upstreams:\n  a: { backends: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n  - match: { path: /a }\n    upstream: nope\n",
         &["portcullis.yaml:5", "routes[0].upstream", "unknown upstream `nope`"],
     );
@@ -55,11 +47,11 @@ fn unknown_upstream() {
 
 #[test]
 fn zero_total_weight() {
-    assert_bad(
+    assert_refused(
         "upstreams:\n  a:\n    backends: [{ addr: \"127.0.0.1:1\", weight: 0 }]\nroutes:\n  - { match: { path: /a }, upstream: a }\n",
         &["upstreams.a.backends", ":3", "total weight"],
     );
-    assert_bad(
+    assert_refused(
         "upstreams:\n  a: { backends: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n  - match: { path: /a }\n    split: [{ upstream: a, weight: 0 }]\n",
         &["routes[0].split", "total weight"],
     );
@@ -67,11 +59,11 @@ fn zero_total_weight() {
 
 #[test]
 fn duplicate_names() {
-    assert_bad(
+    assert_refused(
         "upstreams:\n  a: { backends: [{ addr: \"127.0.0.1:1\" }] }\n  a: { backends: [{ addr: \"127.0.0.1:2\" }] }\n",
         &["duplicate"],
     );
-    assert_bad(
+    assert_refused(
         "upstreams:\n  a: { backends: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n  - { name: x, match: { path: /a }, upstream: a }\n  - { name: x, match: { path: /b }, upstream: a }\n",
         &["routes[1].name", ":5", "also used by routes[0]"],
     );
@@ -79,11 +71,11 @@ fn duplicate_names() {
 
 #[test]
 fn unparsable_address() {
-    assert_bad(
+    assert_refused(
         "upstreams:\n  a:\n    backends:\n      - { addr: \"127.0.0.1\" }\n      - { addr: \"not an addr:80\" }\n",
         &["upstreams.a.backends[0].addr", ":4", "needs a port", "upstreams.a.backends[1].addr", ":5"],
     );
-    assert_bad(
+    assert_refused(
         "server:\n  listen: [\"localhost\"]\n",
         &["server.listen[0]", ":2"],
     );
@@ -91,7 +83,7 @@ fn unparsable_address() {
 
 #[test]
 fn patterns_that_can_never_match() {
-    assert_bad(
+    assert_refused(
         "upstreams:\n  a: { backends: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n  - { match: { path: \"/a/**/b\" }, upstream: a }\n  - { match: { path: \"/a/../b\" }, upstream: a }\n  - { match: { path: /x, methods: [] }, upstream: a }\n  - { match: { path: /y }, upstream: a }\n  - { match: { path: /y }, upstream: a }\n",
         &[
             "routes[0].match.path",
@@ -103,11 +95,11 @@ fn patterns_that_can_never_match() {
             "same host, path",
         ],
     );
-    assert_bad(
+    assert_refused(
         "upstreams:\n  a: { backends: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n  - { match: { path: \"/api/**\" }, upstream: a, strip_prefix: /other }\n",
         &["routes[0].strip_prefix", "never apply"],
     );
-    assert_bad(
+    assert_refused(
         "upstreams:\n  a: { backends: [{ addr: \"127.0.0.1:1\" }] }\nroutes:\n  - { match: { path: \"/u/:id\" }, upstream: a, rewrite: \"/v/:name\" }\n",
         &["routes[0].rewrite", "does not capture"],
     );
@@ -115,15 +107,15 @@ fn patterns_that_can_never_match() {
 
 #[test]
 fn unknown_keys_and_bad_units() {
-    assert_bad(
+    assert_refused(
         "upstreams:\n  a:\n    backends: [{ addr: \"127.0.0.1:1\" }]\n    colour: blue\n",
         &["upstreams.a", "unknown field `colour`", ":4"],
     );
-    assert_bad(
+    assert_refused(
         "upstreams:\n  a:\n    backends: [{ addr: \"127.0.0.1:1\" }]\n    timeouts: { read: 10 }\n",
         &["needs a unit", ":4"],
     );
-    assert_bad(
+    assert_refused(
         "server:\n  limits: { max_body_bytes: 10XB }\n",
         &["unknown unit", ":2"],
     );

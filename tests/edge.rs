@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,7 +45,7 @@ routes:
     security_headers: {{ hsts: "", content_type_options: true, frame_options: DENY, referrer_policy: no-referrer }}
 "#,
         up = up.addr,
-        key = hex::encode(Sha256::digest(KEY.as_bytes())),
+        key = sha(KEY),
     )
 }
 
@@ -161,33 +160,40 @@ async fn request_limits_answer_with_their_status_and_json() {
 #[tokio::test]
 async fn concurrency_cap_per_client_ip() {
     let up = Upstream::start("u").await;
-    up.set_mode(Mode::Delay(Duration::from_millis(600)));
+    // held long enough that the checks below all run while these are in flight
+    up.set_mode(Mode::Delay(Duration::from_secs(5)));
     let gw = Gateway::start(&config(&up)).await;
-    let mut tasks = Vec::new();
-    for _ in 0..6 {
+    let send = |xff: Option<&'static str>| {
         let url = gw.url("/api/public/x");
-        tasks.push(tokio::spawn(async move {
+        tokio::spawn(async move {
             let c = reqwest::Client::builder().no_proxy().build().unwrap();
-            c.get(url).send().await.unwrap().status().as_u16()
-        }));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut statuses = Vec::new();
-    for t in tasks {
-        statuses.push(t.await.unwrap());
-    }
-    let ok = statuses.iter().filter(|s| **s == 200).count();
-    let limited = statuses.iter().filter(|s| **s == 429).count();
-    assert_eq!((ok, limited), (3, 3), "{statuses:?}");
-    // a client behind a trusted proxy is counted by its own address
+            let mut rb = c.get(url);
+            if let Some(ip) = xff {
+                rb = rb.header("x-forwarded-for", ip);
+            }
+            rb.send().await.unwrap().status().as_u16()
+        })
+    };
+    // three requests from 127.0.0.1 reach the upstream and stay there (the cap is 3)
+    let held: Vec<_> = (0..3).map(|_| send(None)).collect();
+    assert!(
+        eventually(Duration::from_secs(10), || async { up.hits() == 3 }).await,
+        "the first three reach the upstream: {}",
+        up.hits()
+    );
+    // new requests are answered by the gateway from here on, not held by the upstream
     up.set_mode(Mode::Echo);
-    let r = client()
-        .get(gw.url("/api/public/x"))
-        .header("x-forwarded-for", "198.51.100.9")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    // while they are in flight, three more from the same address are refused
+    for _ in 0..3 {
+        assert_eq!(send(None).await.unwrap(), 429);
+    }
+    // and a client behind the trusted proxy, counted by its own address, is not: with the
+    // cap keyed on the peer address (127.0.0.1, 3 in flight) this would be a 429
+    assert_eq!(send(Some("198.51.100.9")).await.unwrap(), 200);
+    assert_eq!(up.hits(), 4, "the refused ones never reached the upstream");
+    for t in held {
+        assert_eq!(t.await.unwrap(), 200);
+    }
 }
 
 #[tokio::test]

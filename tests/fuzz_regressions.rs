@@ -93,14 +93,94 @@ routes:
     }
 }
 
-/// 6: an out-of-range sketch_slots is reported, but 1 GiB limiters are still built
-/// for every policy before the error is returned. This test passes with or without a
-/// fix. It only documents the expected answer. The bug shows up as peak memory:
-/// ~3 GiB without the fix, near zero with it.
+/// 6: an out-of-range sketch_slots is reported, but 1 GiB limiters were still built
+/// for every policy before the error was returned. The error alone is the same with or
+/// without the fix, so the test also measures what `build` asks the allocator for on this
+/// thread: the broken version builds the limiter anyway (1 GiB in the original bug; 256 MiB
+/// in a mutant checked by hand that kept building with the slots clamped to 4 Mi), the fixed
+/// one a few KiB. The 64 MiB bound is 4× below the smallest broken request seen and far
+/// above anything a refused config needs.
 #[test]
 fn out_of_range_sketch_slots_is_an_error() {
     let yaml = "rate_limits:\n  sketch_slots: 99999999999\n  policies:\n    a: { key: ip, requests: 1, per: 1s }\n";
-    assert_config_error(yaml, "rate_limits.sketch_slots");
+    let src = portcullis::config::parse_str("fuzz.yaml", yaml).expect("the YAML parses");
+    let (result, peak) = alloc_count::peak_during(|| snapshot::build(&src, None, 1));
+    match result {
+        Ok(_) => panic!("expected a config error at `rate_limits.sketch_slots`"),
+        Err(errs) => assert!(
+            errs.iter()
+                .any(|e| e.path.contains("rate_limits.sketch_slots")),
+            "{errs:?}"
+        ),
+    }
+    assert!(
+        peak < 64 << 20,
+        "building a refused config asked for {} MiB",
+        peak >> 20
+    );
+}
+
+/// Counts the bytes each thread has allocated and not freed, and the peak since the last
+/// reset: a thread-local measure, so tests running in parallel do not disturb it.
+mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct Counting;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn add(n: isize) {
+        let _ = LIVE.try_with(|l| {
+            let v = l.get() + n;
+            l.set(v);
+            let _ = PEAK.try_with(|p| p.set(p.get().max(v)));
+        });
+    }
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            let p = System.alloc(l);
+            if !p.is_null() {
+                add(l.size() as isize);
+            }
+            p
+        }
+        unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+            let p = System.alloc_zeroed(l);
+            if !p.is_null() {
+                add(l.size() as isize);
+            }
+            p
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            System.dealloc(p, l);
+            add(-(l.size() as isize));
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+            let q = System.realloc(p, l, new);
+            if !q.is_null() {
+                add(new as isize - l.size() as isize);
+            }
+            q
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    /// Run `f`; return its result and the peak of this thread's live bytes above the
+    /// level at the start.
+    pub fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let base = LIVE.with(|l| l.get());
+        PEAK.with(|p| p.set(base));
+        let out = f();
+        let peak = PEAK.with(|p| p.get());
+        (out, (peak - base).max(0) as usize)
+    }
 }
 
 /// 7: the ketama ring has 160 points per unit of *total* weight; each weight is capped,

@@ -5,8 +5,7 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const KEY: &str = "observability-test-key-0123456789abcdef";
 
@@ -41,7 +40,7 @@ routes:
 "#,
         a = a.addr,
         b = b.addr,
-        key = hex::encode(Sha256::digest(KEY.as_bytes())),
+        key = sha(KEY),
     )
 }
 
@@ -299,10 +298,11 @@ async fn backend_registration_heartbeat_and_deregistration() {
         .admin(
             reqwest::Method::POST,
             "/admin/upstreams/dynamic/backends",
-            Some(json!({ "addr": n2.addr.to_string(), "weight": 1, "ttl": "1s" })),
+            Some(json!({ "addr": n2.addr.to_string(), "weight": 1, "ttl": "2s" })),
         )
         .await;
     assert_eq!(s, 201, "{v}");
+    let registered = Instant::now();
     let mut seen = std::collections::HashSet::new();
     for _ in 0..10 {
         let (s, _, v) = get_json(&c, &gw.url("/dyn/x")).await;
@@ -311,27 +311,46 @@ async fn backend_registration_heartbeat_and_deregistration() {
     }
     assert_eq!(seen.len(), 2, "both registered backends serve: {seen:?}");
 
-    // heartbeats keep n2; once they stop, its TTL lapses and it leaves rotation
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let (s, _) = gw
-            .admin(
-                reqwest::Method::PUT,
-                &format!("/admin/upstreams/dynamic/backends/{}/heartbeat", n2.addr),
-                None,
-            )
-            .await;
-        assert_eq!(s, 200);
-    }
-    let (_, v) = gw.admin(reqwest::Method::GET, "/admin/status", None).await;
-    assert_eq!(
+    let backends = |v: &Value| {
         v["upstreams"]["dynamic"]["backends"]
             .as_array()
-            .unwrap()
-            .len(),
-        2
+            .map(|a| a.len())
+            .unwrap_or(0)
+    };
+    let heartbeat = || async {
+        gw.admin(
+            reqwest::Method::PUT,
+            &format!("/admin/upstreams/dynamic/backends/{}/heartbeat", n2.addr),
+            None,
+        )
+        .await
+        .0
+    };
+    // Heartbeats keep n2 past twice its 2 s TTL. They go every 200 ms, so each one renews
+    // with 1.8 s to spare: nine times the 200 ms of jitter this shared machine shows.
+    let mut last_beat = Instant::now();
+    while registered.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        last_beat = Instant::now();
+        assert_eq!(heartbeat().await, 200, "kept alive by its heartbeats");
+    }
+    let (_, v) = gw.admin(reqwest::Method::GET, "/admin/status", None).await;
+    assert_eq!(backends(&v), 2, "{v}");
+    // once they stop, its TTL lapses and it leaves rotation: awaited on the admin status,
+    // then checked not to have gone early (a lapse is never before the TTL is up)
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            let (_, v) = gw.admin(reqwest::Method::GET, "/admin/status", None).await;
+            backends(&v) == 1
+        })
+        .await,
+        "the registration without heartbeats expired"
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        last_beat.elapsed() >= Duration::from_secs(2),
+        "expired {:?} after the last heartbeat, before its 2 s TTL",
+        last_beat.elapsed()
+    );
     n2.reset_hits();
     for _ in 0..6 {
         let (_, _, v) = get_json(&c, &gw.url("/dyn/x")).await;

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -179,33 +179,24 @@ async fn watch_reloads_on_file_change() {
     let b = Upstream::start("b").await;
     let mut gw = Gateway::start(&base(&a, &b, ROUTES_V1, "")).await;
     // restart the same config with --watch
-    if let Some(mut ch) = gw.child.take() {
-        let _ = ch.kill();
-        let _ = ch.wait();
-    }
-    let log = std::fs::File::create(&gw.log_path).unwrap();
-    gw.child = Some(
-        Command::new(bin())
-            .args(["--watch", "-c"])
-            .arg(&gw.config_path)
-            .arg("--server-conf")
-            .arg(gw.dir.path().join("pingora.yaml"))
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap(),
-    );
+    gw.restart_with(&["--watch"]).await;
     assert!(
         eventually(Duration::from_secs(10), || async {
             upstream_of(&gw, "/svc/x").await.0 == 200
         })
         .await
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    gw.write_config(&base(&a, &b, ROUTES_V2, ""));
+    // The watcher compares the file's mtime once a second with the one it saw last. Rather
+    // than sleeping past a tick and hoping the write lands after the watcher started, the
+    // new config is written again on every poll until the gateway serves it.
+    let v2 = base(&a, &b, ROUTES_V2, "");
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            upstream_of(&gw, "/new/x").await.0 == 200
+        eventually(Duration::from_secs(15), || async {
+            if upstream_of(&gw, "/new/x").await.0 == 200 {
+                return true;
+            }
+            gw.write_config(&v2);
+            false
         })
         .await,
         "{}",
@@ -231,37 +222,14 @@ async fn reload_of_ten_thousand_routes_under_load() {
     let gw = Gateway::start(&base(&a, &b, &many_routes(10_000), "")).await;
     assert_eq!(upstream_of(&gw, "/r9999/items/1").await.0, 200);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let slowest_ms = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for t in 0..4 {
-        let (stop, failures, done, slowest) = (
-            stop.clone(),
-            failures.clone(),
-            done.clone(),
-            slowest_ms.clone(),
-        );
-        let url = gw.url(&format!("/r{}/items/7", t * 1000));
-        tasks.push(tokio::spawn(async move {
-            let c = client();
-            while !stop.load(Ordering::Relaxed) {
-                let t0 = Instant::now();
-                match c.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => {}
-                    _ => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                slowest.fetch_max(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let urls: Vec<String> = (0..4)
+        .map(|t| gw.url(&format!("/r{}/items/7", t * 1000)))
+        .collect();
+    let load = Load::start(&urls, 4);
     let mut reload_ms = Vec::new();
     for i in 0..3 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // let the load run for some requests (counted, not timed) before each reload
+        load.progress(20).await;
         // alternate between two 10,000-route configs
         let routes = if i % 2 == 0 {
             many_routes(10_001)
@@ -273,32 +241,27 @@ async fn reload_of_ten_thousand_routes_under_load() {
         assert_eq!(s, 200, "{v}");
         reload_ms.push(v["millis"].as_f64().unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    println!("RELOAD 10k routes (debug build): {reload_ms:?} ms; {} requests during reloads, slowest {} ms",
-        done.load(Ordering::Relaxed), slowest_ms.load(Ordering::Relaxed));
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "no request failed during reloads"
+    load.progress(20).await;
+    let stats = load.stop().await;
+    println!(
+        "RELOAD 10k routes (debug build): {reload_ms:?} ms; {} requests during reloads, slowest {} ms",
+        stats.done, stats.slowest_ms
     );
-    assert!(done.load(Ordering::Relaxed) > 50);
-    // a stall would show as a request waiting for the reload; requests never wait on it
+    assert_eq!(stats.failures, 0, "no request failed during reloads");
+    assert!(stats.done > 50);
+    // A stall shows as a request waiting for the reload. Four clients loop without pause,
+    // so in a gateway that blocked requests while compiling, some request would arrive in
+    // the first half of a reload and wait at least half of it. The bound is therefore half
+    // the fastest reload measured in this run (about 1 s of a 2-3 s debug-build reload on
+    // this machine; a request normally takes well under 100 ms, the slowest seen 300 ms),
+    // not a fixed figure that a fast reload would slip under.
+    let fastest = reload_ms.iter().cloned().fold(f64::INFINITY, f64::min);
     assert!(
-        slowest_ms.load(Ordering::Relaxed) < 2000,
-        "a request stalled for {} ms",
-        slowest_ms.load(Ordering::Relaxed)
+        (stats.slowest_ms as f64) < fastest / 2.0,
+        "a request stalled for {} ms during reloads of {reload_ms:?} ms",
+        stats.slowest_ms
     );
     assert_eq!(upstream_of(&gw, "/r10000/items/1").await.0, 200);
-}
-
-async fn healthz_pid(gw: &Gateway) -> Option<u64> {
-    let r = client().get(gw.admin_url("/healthz")).send().await.ok()?;
-    let v: Value = r.json().await.ok()?;
-    v["pid"].as_u64()
 }
 
 #[tokio::test]
@@ -313,16 +276,20 @@ async fn zero_downtime_binary_upgrade_twice() {
     let failures = Arc::new(AtomicUsize::new(0));
     // Pingora drops a connection it accepted but has not read a request from when its
     // graceful shutdown begins (pingora-proxy `handle_new_request`): a brand-new connection
-    // landing on the old process in that instant fails. Counted apart, and bounded.
+    // landing on the old process in that instant fails. Only such drops are excused, and only
+    // while an old process is shutting down (from its SIGQUIT to its exit, `old_draining`):
+    // the same error at any other time is a failure like any other.
     let fresh_conn_drops = Arc::new(AtomicUsize::new(0));
+    let old_draining = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for t in 0..4 {
-        let (stop, failures, done, drops) = (
+        let (stop, failures, done, drops, draining) = (
             stop.clone(),
             failures.clone(),
             done.clone(),
             fresh_conn_drops.clone(),
+            old_draining.clone(),
         );
         let url = gw.url("/svc/x");
         tasks.push(tokio::spawn(async move {
@@ -337,13 +304,20 @@ async fn zero_downtime_binary_upgrade_twice() {
                         .build()
                         .unwrap();
                 }
-                match c.get(&url).send().await {
+                let during_drain = draining.load(Ordering::SeqCst);
+                let res = c.get(&url).send().await;
+                let during_drain = during_drain || draining.load(Ordering::SeqCst);
+                match res {
                     Ok(r) if r.status() == 200 => {}
                     Ok(r) => {
                         eprintln!("status {}", r.status());
                         failures.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) if !keepalive && format!("{e:?}").contains("IncompleteMessage") => {
+                    Err(e)
+                        if !keepalive
+                            && during_drain
+                            && format!("{e:?}").contains("IncompleteMessage") =>
+                    {
                         eprintln!("new connection dropped by the old process at shutdown: {e:?}");
                         drops.fetch_add(1, Ordering::Relaxed);
                     }
@@ -362,8 +336,19 @@ async fn zero_downtime_binary_upgrade_twice() {
     let first_pid = old.id() as u64;
     assert_eq!(healthz_pid(&gw).await, Some(first_pid));
     let mut pids = vec![first_pid];
+    // let the load run for some requests (counted, not timed) before each step
+    let some_requests = |done: Arc<AtomicUsize>| async move {
+        let from = done.load(Ordering::Relaxed);
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                done.load(Ordering::Relaxed) >= from + 40
+            })
+            .await,
+            "the load loop makes progress"
+        );
+    };
     for round in 0..2 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        some_requests(done.clone()).await;
         let _ = std::fs::remove_file(&sock);
         let log = std::fs::OpenOptions::new()
             .append(true)
@@ -388,7 +373,10 @@ async fn zero_downtime_binary_upgrade_twice() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // no sleep needed here: the socket file exists once the new process has bound it,
+        // and the old one retries its connect on ECONNREFUSED until it listens
+        // (pingora-core transfer_fd::send_fds_to)
+        old_draining.store(true, Ordering::SeqCst);
         let _ = Command::new("kill")
             .arg("-QUIT")
             .arg(old.id().to_string())
@@ -411,10 +399,11 @@ async fn zero_downtime_binary_upgrade_twice() {
             assert!(Instant::now() < deadline, "old process did not exit");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        old_draining.store(false, Ordering::SeqCst);
         pids.push(new_pid);
         old = new;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    some_requests(done.clone()).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
@@ -425,9 +414,13 @@ async fn zero_downtime_binary_upgrade_twice() {
         done.load(Ordering::Relaxed),
         fresh_conn_drops.load(Ordering::Relaxed)
     );
-    // Pingora's shutdown race (above) hits at most a connection or so per upgrade.
+    // Pingora's shutdown race (above) can only hit a connection the old process accepted and
+    // had not read from at the instant its shutdown began. Each of the two new-connection
+    // clients has at most one connection open at any instant, and each upgrade has one such
+    // instant: at most 2 per upgrade, 4 over two. Any other drop (a keep-alive connection, or
+    // outside an old process's shutdown) is counted in `failures`, which must be 0.
     assert!(
-        fresh_conn_drops.load(Ordering::Relaxed) <= 2,
+        fresh_conn_drops.load(Ordering::Relaxed) <= 4,
         "brand-new connections dropped at shutdown: {}",
         fresh_conn_drops.load(Ordering::Relaxed)
     );

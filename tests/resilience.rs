@@ -4,8 +4,6 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn config(backends: &[&Upstream], extra: &str) -> String {
@@ -35,37 +33,22 @@ async fn killed_backend_causes_no_client_errors_for_gets() {
     let a = Upstream::start("a").await;
     let mut b = Upstream::start("b").await;
     let gw = Gateway::start(&config(&[&a, &b], "")).await;
-    let c = client();
-    let errors = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let c = c.clone();
-        let url = gw.url("/x");
-        let errors = errors.clone();
-        let done = done.clone();
-        tasks.push(tokio::spawn(async move {
-            let end = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < end {
-                match c.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => {}
-                    _ => {
-                        errors.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-                done.fetch_add(1, Ordering::SeqCst);
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let load = Load::start(&[gw.url("/x")], 4);
+    // kill b once the load is running through both backends (counted, not timed)
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            load.done() >= 40 && b.hits() > 0
+        })
+        .await,
+        "load reached b"
+    );
     b.kill(); // mid-run: open keep-alive connections die, new connects are refused
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert!(done.load(Ordering::SeqCst) > 100, "load ran");
+    let at_kill = load.done();
+    load.progress(200).await;
+    let stats = load.stop().await;
+    println!("KILL: {stats:?}, {at_kill} before the kill");
     assert_eq!(
-        errors.load(Ordering::SeqCst),
-        0,
+        stats.failures, 0,
         "GETs were retried on the surviving backend"
     );
 }
@@ -157,7 +140,7 @@ async fn breaker_opens_answers_503_then_half_opens_and_closes() {
 
     // after open_for the breaker half-opens; the backend recovered; two probes close it
     a.set_mode(Mode::Echo);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    wait_out(Duration::from_secs(1)).await; // open_for: 1s
     for _ in 0..2 {
         assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
     }
@@ -228,9 +211,18 @@ async fn retry_budget_caps_retries_when_everything_fails() {
     }
     let total = a.hits() + b.hits();
     let retries = total - n;
-    // without a budget this would be 300 retries; 20% of 100 requests is 20
-    assert!(retries <= 25, "retries {retries}");
-    assert!(retries >= 5, "some retries happened: {retries}");
+    // The budget allows max(0.2 × first attempts, budget_min) retries over a 10 s window, and
+    // every request here wants 3. With the 100 sequential requests inside one window the
+    // budget is spent exactly: 0.2 × 100 = 20. The bounds reject the broken versions:
+    //   no budget at all: 3 × 100 = 300 retries (> 20);
+    //   on_request never wired (denominator stays 0): budget_min alone, 5 retries (< 15);
+    //   retries counted in the denominator too: 0.2 × (100 + r) ⇒ r = 25 (> 20).
+    // 15 leaves room for a run slow enough that its first requests leave the window.
+    assert!(retries <= 20, "retries {retries}");
+    assert!(
+        retries >= 15,
+        "the budget grows with the requests: {retries}"
+    );
 }
 
 #[tokio::test]
@@ -249,15 +241,27 @@ async fn timeouts_answer_504_within_the_bound() {
     assert_eq!(r.status(), 504);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"], "gateway_timeout");
-    // read timeouts are retried, but never past `total` (800ms) plus scheduling slack
-    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    // Read timeouts are retried, but never past `total`. Tries start at about 0, 310 and
+    // 630 ms (300 ms read timeout + 10-20 ms backoff); a 4th would start near 950 ms, past
+    // total = 800 ms. So the backend sees 2 or 3 tries (2 if the machine is slow), while a
+    // gateway that ignored `total` would make all 6 (1 + attempts 5). Counting tries, not
+    // time, is what rejects that bug without a timing bound.
+    let tries = a.hits();
+    assert!(
+        (2..=3).contains(&tries),
+        "{tries} tries: `total` must stop the retries"
+    );
+    // and the answer comes when `total` runs out: ignoring it takes 6 × 300 ms + 5 backoffs
+    // ≈ 1.9 s; 1.5 s leaves 700 ms of scheduling slack above 800 ms and still rejects that
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
     assert!(took >= Duration::from_millis(300), "took {took:?}");
 }
 
 #[tokio::test]
 async fn unreachable_pool_is_502() {
-    let dead1 = free_port();
-    let dead2 = free_port();
+    // reserved, refusing ports: a parallel test cannot start a server on them
+    let (d1, d2) = (dead_port(), dead_port());
+    let (dead1, dead2) = (d1.port, d2.port);
     let gw = Gateway::start(&format!(
         r#"
 server:

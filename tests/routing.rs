@@ -301,16 +301,27 @@ routes:
         "canary share {share} from {m:?}"
     );
 
-    // random 1:1 over 600 requests: each side 40–60%
+    // random 1:1 over 600 requests: each side 40–60% (a binomial(600, 0.5) has σ ≈ 12.2, so
+    // ±60 is ±4.9σ). That share alone is also met, exactly, by round robin; what tells random
+    // from round robin is the sequence: with independent picks about half of the 599
+    // consecutive pairs go to the same backend (σ ≈ 12.2 again), with round robin none,
+    // with a stuck picker all of them.
     let mut m = HashMap::new();
+    let mut seq = Vec::new();
     for _ in 0..600 {
         let (_, _, v) = get_json(&c, &gw.url("/r/x")).await;
         count(&v, &mut m);
+        seq.push(v["upstream"].as_str().unwrap_or("?").to_string());
     }
     let share = m.get("a").copied().unwrap_or(0) as f64 / 600.0;
     assert!(
         (0.4..=0.6).contains(&share),
         "random share {share} from {m:?}"
+    );
+    let repeats = seq.windows(2).filter(|w| w[0] == w[1]).count();
+    assert!(
+        (240..=360).contains(&repeats),
+        "{repeats} of 599 consecutive picks repeated the previous backend: not random"
     );
 
     // least request: a slow backend gets fewer of the concurrent requests
@@ -512,7 +523,8 @@ routes:
 #[tokio::test]
 async fn dead_backend_connect_failures_go_elsewhere() {
     let a = Upstream::start("a").await;
-    let dead = free_port();
+    let dead_reserved = dead_port(); // refuses, and no parallel test can bind it
+    let dead = dead_reserved.port;
     let gw = Gateway::start(&format!(
         r#"
 server:

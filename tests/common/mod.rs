@@ -25,6 +25,21 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A port on 127.0.0.1 that refuses connections and stays reserved while this lives: the
+/// socket is bound but never listens, so connects get a RST and no parallel test (or
+/// `free_port`) can take the port. Use it for "dead" backends and unreachable IdPs.
+pub struct DeadPort {
+    pub port: u16,
+    _sock: tokio::net::TcpSocket,
+}
+
+pub fn dead_port() -> DeadPort {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let port = sock.local_addr().expect("local addr").port();
+    DeadPort { port, _sock: sock }
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -285,8 +300,7 @@ pub struct Gateway {
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// sha256("test-admin-token")
 pub fn admin_token_sha256() -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(ADMIN_TOKEN.as_bytes()))
+    sha(ADMIN_TOKEN)
 }
 
 pub fn bin() -> &'static str {
@@ -310,6 +324,15 @@ pub fn validate(yaml: &str) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// `portcullis -t` must refuse `yaml`, and its output must name every one of `want`.
+pub fn assert_refused(yaml: &str, want: &[&str]) {
+    let (ok, out) = validate(yaml);
+    assert!(!ok, "expected failure for:\n{yaml}\noutput:\n{out}");
+    for w in want {
+        assert!(out.contains(w), "missing `{w}` in:\n{out}\nfor:\n{yaml}");
+    }
 }
 
 impl Gateway {
@@ -404,6 +427,8 @@ impl Gateway {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("portcullis exited with {status}:\n{}", self.log());
             }
+            // the proxy listener and, when configured, the admin listener (which may come
+            // up later: a test asking /healthz right after start would get nothing)
             let admin = self.admin_listens;
             if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
                 .await
@@ -420,6 +445,33 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Stop the gateway and start it again on the same config, ports, server conf and log
+    /// (appended to), with `args` added to the command line (`--watch`, say). Edit
+    /// `dir/pingora.yaml` first to change the server conf.
+    pub async fn restart_with(&mut self, args: &[&str]) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(bin())
+            .args(args)
+            .arg("-c")
+            .arg(&self.config_path)
+            .arg("--server-conf")
+            .arg(self.dir.path().join("pingora.yaml"))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("spawn portcullis");
+        self.child = Some(child);
+        self.wait_ready().await;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -486,17 +538,82 @@ impl Drop for Gateway {
     }
 }
 
-/// GET and return (status, headers, body as JSON or Null).
-pub async fn get_json(
+/// Lower-case hex SHA-256 of `s` (API key digests in configs).
+pub fn sha(s: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// GET with extra request headers; (status, headers, body as JSON or Null).
+pub async fn get_with(
     c: &reqwest::Client,
     url: &str,
+    headers: &[(&str, &str)],
 ) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
-    let r = c.get(url).send().await.expect("request");
+    let mut rb = c.get(url);
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    let r = rb.send().await.expect("request");
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let body = r.bytes().await.unwrap_or_default();
     let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     (status, headers, v)
+}
+
+/// A real `redis-server` on `port` (no persistence), killed on drop.
+pub struct Redis {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (make deps)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Redis { child, port }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET and return (status, headers, body as JSON or Null).
+pub async fn get_json(
+    c: &reqwest::Client,
+    url: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    get_with(c, url, &[]).await
+}
+
+/// `/healthz`'s "pid" on the admin listener: the process actually serving.
+pub async fn healthz_pid(gw: &Gateway) -> Option<u64> {
+    let r = client().get(gw.admin_url("/healthz")).send().await.ok()?;
+    let v: serde_json::Value = r.json().await.ok()?;
+    v["pid"].as_u64()
 }
 
 /// Send raw bytes on a new connection and return the raw response text.
@@ -509,6 +626,119 @@ pub async fn raw(port: u16, request: &[u8]) -> String {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// How far past a TTL (cache ttl, breaker open_for, JWKS cooldown) a test waits before it
+/// expects the TTL to have lapsed: five times the ~200 ms of scheduling jitter seen on the
+/// shared 2-core test machine, where 100-300 ms margins were close to the noise.
+pub const TTL_MARGIN: Duration = Duration::from_secs(1);
+
+/// Wait out a TTL of `ttl` with [`TTL_MARGIN`] to spare. For TTLs only: an event (a reload,
+/// a process exit, a log line) is awaited with [`eventually`], never with a sleep.
+pub async fn wait_out(ttl: Duration) {
+    tokio::time::sleep(ttl + TTL_MARGIN).await;
+}
+
+/// Wait until nothing accepts connections on `addr` any more (a killed [`Upstream`]).
+pub async fn wait_refused(addr: SocketAddr) {
+    let gone = eventually(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(gone, "{addr} still accepts connections");
+}
+
+/// Closed-loop load: `clients` tasks, task i GETting `urls[i % urls.len()]` back to back on
+/// its own keep-alive client until stopped. A request is a failure unless it answers 200.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    done: Arc<AtomicUsize>,
+    failures: Arc<AtomicUsize>,
+    slowest_ms: Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What a [`Load`] did, once stopped.
+#[derive(Debug)]
+pub struct LoadStats {
+    pub done: usize,
+    pub failures: usize,
+    pub slowest_ms: u64,
+}
+
+impl Load {
+    pub fn start(urls: &[String], clients: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(AtomicUsize::new(0));
+        let slowest_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let tasks = (0..clients)
+            .map(|i| {
+                let url = urls[i % urls.len()].clone();
+                let (stop, done, failures, slowest) = (
+                    stop.clone(),
+                    done.clone(),
+                    failures.clone(),
+                    slowest_ms.clone(),
+                );
+                tokio::spawn(async move {
+                    let c = client();
+                    while !stop.load(Ordering::Relaxed) {
+                        let t0 = Instant::now();
+                        match c.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => {}
+                            Ok(r) => {
+                                eprintln!("load: {url}: status {}", r.status());
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                eprintln!("load: {url}: {e:?}");
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        slowest.fetch_max(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            done,
+            failures,
+            slowest_ms,
+            tasks,
+        }
+    }
+
+    pub fn done(&self) -> usize {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Wait until `n` more requests have completed (counted, not timed).
+    pub async fn progress(&self, n: usize) {
+        let from = self.done();
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                self.done() >= from + n
+            })
+            .await,
+            "the load made no progress ({} requests)",
+            self.done()
+        );
+    }
+
+    pub async fn stop(self) -> LoadStats {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        LoadStats {
+            done: self.done.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            slowest_ms: self.slowest_ms.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Poll `f` until it returns true or `timeout` passes.
