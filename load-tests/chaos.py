@@ -60,7 +60,7 @@ BACKEND_KEEPALIVE = os.environ.get("BACKEND_KEEPALIVE", "2")
 PER_IP_CAP = env_int("PER_IP_CAP", 64)
 SHUTDOWN_PROBE = os.environ.get("SHUTDOWN_PROBE", "1") != "0"
 KEEP_TMP = os.environ.get("KEEP_TMP", "0") == "1"
-BIN = os.environ.get("PORTCULLIS_BIN") or ""
+BIN = os.path.abspath(os.environ["PORTCULLIS_BIN"]) if os.environ.get("PORTCULLIS_BIN") else ""
 
 if SECONDS < 60:
     raise SystemExit("chaos: CHAOS_SECONDS must be at least 60")

@@ -278,3 +278,84 @@ routes:
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"], "bad_gateway");
 }
+
+/// Found by `make chaos` (load-tests/repro-ejection.py): A's breaker opened while A failed;
+/// A recovered and passes its health check, then health checks took B out. The
+/// ejection cap counts every backend out of rotation, so A takes the traffic (its breaker
+/// still open) instead of every request getting a 503 while A answers.
+#[tokio::test]
+async fn a_healthy_backend_with_an_open_breaker_serves_when_health_checks_take_the_rest() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let yaml = format!(
+        r#"
+server:
+  listen: ["127.0.0.1:{{port}}"]
+  admin: {{ listen: "127.0.0.1:{{admin_port}}", token_sha256: "{{admin_sha}}" }}
+upstreams:
+  pool:
+    backends: [{{ addr: "{a}" }}, {{ addr: "{b}" }}]
+    health_check: {{ type: http, path: /health, interval: 200ms, timeout: 150ms, healthy_threshold: 1, unhealthy_threshold: 1 }}
+    circuit_breaker: {{ failure_threshold: 2, open_for: 60s, max_ejection_percent: 50 }}
+    retry: {{ attempts: 0 }}
+routes:
+  - {{ match: {{ path: "/**" }}, upstream: pool }}
+"#,
+        a = a.addr,
+        b = b.addr
+    );
+    let gw = Gateway::start(&yaml).await;
+    async fn status(gw: &Gateway) -> u16 {
+        client()
+            .get(gw.url("/x"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+    async fn backend(gw: &Gateway, addr: &str) -> (String, bool) {
+        let (_, v) = gw.admin(reqwest::Method::GET, "/admin/status", None).await;
+        v["upstreams"]["pool"]["backends"]
+            .as_array()
+            .and_then(|l| l.iter().find(|x| x["addr"] == addr).cloned())
+            .map(|x| {
+                (
+                    x["circuit"].as_str().unwrap_or("").to_string(),
+                    x["healthy"] == true,
+                )
+            })
+            .unwrap_or_default()
+    }
+    let a_addr = a.addr.to_string();
+    let b_addr = b.addr.to_string();
+    // A fails its requests (its health check still passes): its breaker opens
+    a.set_handler(std::sync::Arc::new(|_req| {
+        Some(resp(502, b"bad".to_vec(), "text/plain"))
+    }));
+    let opened = eventually(Duration::from_secs(10), || async {
+        let _ = status(&gw).await;
+        backend(&gw, &a_addr).await.0 == "open"
+    })
+    .await;
+    assert!(opened, "A's breaker opened");
+    // A recovers; its breaker stays open (60 s) while its health check passes
+    a.set_handler(std::sync::Arc::new(|_req| None));
+    assert_eq!(backend(&gw, &a_addr).await, ("open".to_string(), true));
+    // health checks take B out
+    b.set_mode(Mode::Status(503));
+    let b_down = eventually(Duration::from_secs(10), || async {
+        !backend(&gw, &b_addr).await.1
+    })
+    .await;
+    assert!(b_down, "B failed its health check");
+    let before = a.hits();
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.push(status(&gw).await);
+    }
+    assert!(
+        got.iter().all(|s| *s == 200),
+        "A serves while B is out: {got:?}"
+    );
+    assert_eq!(a.hits() - before, 10, "every request reached A");
+}
