@@ -66,17 +66,6 @@ async fn streaming_backend() -> std::net::SocketAddr {
     addr
 }
 
-async fn metrics(gw: &Gateway) -> String {
-    client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn access_line<'a>(log: &'a str, path: &str) -> Option<&'a str> {
     log.lines()
         .find(|l| l.starts_with('{') && l.contains(&format!("\"path\":\"{path}\"")))

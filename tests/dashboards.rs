@@ -56,9 +56,8 @@ fn exported(name: &str, fams: &[(String, String)]) -> bool {
 async fn dashboard_and_alerts_use_only_exported_metrics() {
     let up = Upstream::start("up").await;
     // a backend that refuses connections, so that retries (and their series) happen
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_addr = dead.local_addr().unwrap();
-    drop(dead);
+    let dead = dead_port();
+    let dead_addr = format!("127.0.0.1:{}", dead.port);
     let yaml = format!(
         r#"
 server:

@@ -6,33 +6,9 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 const KEY: &str = "operator-test-key";
-
-fn digest(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
-}
-
-async fn metrics(gw: &Gateway) -> String {
-    client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The value of the first series line that starts with `prefix` (name + labels).
-fn series(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 /// Access-log lines (JSON) whose `request_id` is `id`.
 fn log_line(gw: &Gateway, id: &str) -> Option<Value> {
@@ -91,7 +67,7 @@ routes:
   - {{ name: public, match: {{ path: "/pub/**" }}, upstream: up, log_redact_query: [token] }}
 "#,
         addr = up.addr,
-        key = digest(KEY),
+        key = sha(KEY),
     )
 }
 
@@ -221,9 +197,8 @@ async fn backend_and_process_series_and_the_logged_query() {
 async fn readiness_names_what_is_missing_and_is_configurable() {
     let up = Upstream::start("up").await;
     // a JWKS issuer whose keys can never load: a reserved loopback port that refuses
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let jwks_port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let closed = dead_port();
+    let jwks_port = closed.port;
     let base = config(&up, "").replace(
         "auth:\n",
         &format!(
@@ -327,7 +302,7 @@ async fn reload_feedback_status_and_the_running_config() {
     assert_eq!(cfg["auth"]["api_keys"]["keys"][0]["sha256"], "REDACTED");
     assert_eq!(cfg["auth"]["api_keys"]["keys"][0]["id"], "gold-user");
     let text = cfg.to_string();
-    assert!(!text.contains(&digest(KEY)) && !text.contains(&admin_token_sha256()));
+    assert!(!text.contains(&sha(KEY)) && !text.contains(&admin_token_sha256()));
 }
 
 #[test]

@@ -149,18 +149,17 @@ routes:
     )
 }
 
-fn closed_port() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
-    a
+/// A reserved address that refuses connections (kept while `d` lives).
+fn addr_of(d: &DeadPort) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], d.port))
 }
 
 #[tokio::test]
 async fn spans_of_an_authenticated_cached_retried_request() {
     let collector = Collector::start().await;
     let live = Upstream::start("live").await;
-    let gw = Gateway::start(&config(&collector.addr.to_string(), &live, closed_port())).await;
+    let dead = dead_port();
+    let gw = Gateway::start(&config(&collector.addr.to_string(), &live, addr_of(&dead))).await;
     let c = client();
     let parent = "00f067aa0ba902b7";
     // round robin over a dead and a live backend: of four first requests, some go to the
@@ -273,9 +272,9 @@ async fn spans_of_an_authenticated_cached_retried_request() {
 #[tokio::test]
 async fn a_dead_collector_costs_requests_nothing_and_drops_are_counted() {
     let live = Upstream::start("live").await;
-    let dead_collector = closed_port();
-    let yaml =
-        config(&dead_collector.to_string(), &live, live.addr).replace(", cache: { ttl: 60s }", "");
+    let dead_collector = dead_port();
+    let yaml = config(&addr_of(&dead_collector).to_string(), &live, live.addr)
+        .replace(", cache: { ttl: 60s }", "");
     let gw = Gateway::start(&yaml).await;
     let c = client();
     for i in 0..20 {
