@@ -11,6 +11,7 @@ pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod edge;
 pub mod hdr;

@@ -48,16 +48,80 @@ enum Command {
         #[arg(long)]
         id: String,
     },
+    /// Put a backend in an upstream's shared registry (a fleet with `cluster`), talking to
+    /// Redis directly: no admin token needed. Run it again before the TTL lapses.
+    Register(RegisterArgs),
+    /// Take a backend out of an upstream's shared registry.
+    Deregister(RegisterArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RegisterArgs {
+    /// The upstream's name in the gateways' config.
+    #[arg(long)]
+    upstream: String,
+    /// `ip:port` or `host:port` (every address the name resolves to).
+    #[arg(long)]
+    addr: String,
+    /// Leaves rotation this long after the last registration (`0s`: never).
+    #[arg(long, default_value = "30s")]
+    ttl: String,
+    #[arg(long, default_value_t = 1)]
+    weight: u32,
+    /// The Redis (repeat for the nodes of a Redis Cluster); default: `cluster.redis` of
+    /// the config file.
+    #[arg(long)]
+    redis: Vec<String>,
+    /// The key prefix (default: `cluster.key_prefix`, else `portcullis`).
+    #[arg(long)]
+    key_prefix: Option<String>,
+    /// The gateway config to read `cluster` from.
+    #[arg(short = 'c', long = "config", default_value = "conf/portcullis.yaml")]
+    config: PathBuf,
+}
+
+fn register(a: &RegisterArgs, remove: bool) -> ExitCode {
+    use portcullis::cluster::cli;
+    let go = || -> Result<Vec<String>, String> {
+        let ttl =
+            portcullis::config::units::parse_duration(&a.ttl).map_err(|e| format!("--ttl: {e}"))?;
+        if !(1..=portcullis::upstream::MAX_WEIGHT).contains(&a.weight) {
+            return Err(format!(
+                "--weight must be 1..{}",
+                portcullis::upstream::MAX_WEIGHT
+            ));
+        }
+        let target = cli::target(&a.config, &a.redis, a.key_prefix.as_deref())?;
+        let addrs = cli::resolve(&a.addr)?;
+        cli::run(&target, &a.upstream, &addrs, a.weight, ttl, remove)
+    };
+    match go() {
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     portcullis::observe::logs::init();
     let cli = Cli::parse();
-    if let Some(Command::Keygen { id }) = cli.command {
-        let (key, line) = portcullis::keygen(&id);
-        println!("key:  {key}");
-        println!("yaml: {line}");
-        return ExitCode::SUCCESS;
+    match &cli.command {
+        Some(Command::Keygen { id }) => {
+            let (key, line) = portcullis::keygen(id);
+            println!("key:  {key}");
+            println!("yaml: {line}");
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Register(a)) => return register(a, false),
+        Some(Command::Deregister(a)) => return register(a, true),
+        None => {}
     }
     // absolute before anything else: a daemon (-d) runs in another working directory, and
     // every reload re-reads this path

@@ -25,6 +25,8 @@ pub struct Runtime {
     pub certs: Arc<crate::tls::CertResolver>,
     /// `None` until the first reload.
     pub last_reload: parking_lot::Mutex<Option<LastReload>>,
+    /// This instance's place in a fleet (`cluster`); inert without one.
+    pub fleet: crate::cluster::Fleet,
 }
 
 #[derive(Debug)]
@@ -56,6 +58,8 @@ impl Runtime {
         if let Some(set) = &snap.tls {
             certs.store(set.clone());
         }
+        let fleet = crate::cluster::Fleet::new();
+        fleet.configure(&snap);
         Ok(Arc::new(Runtime {
             snapshot: ArcSwap::from_pointee(snap),
             config_path: path,
@@ -65,6 +69,7 @@ impl Runtime {
             watch: std::sync::atomic::AtomicBool::new(false),
             certs,
             last_reload: parking_lot::Mutex::new(None),
+            fleet,
         }))
     }
 
@@ -109,6 +114,8 @@ impl Runtime {
             }
         };
         *self.last_reload.lock() = Some(record);
+        // the fleet hears of the new generation (or the failed reload) at once
+        self.fleet.wake();
         r
     }
 
@@ -152,6 +159,7 @@ impl Runtime {
         }
         self.snapshot.store(Arc::new(built));
         self.generation.store(generation, Ordering::Relaxed);
+        self.fleet.configure(&self.snapshot.load());
         let millis = t0.elapsed().as_secs_f64() * 1000.0;
         // Freeing a large snapshot (10,000 routes: ~10 ms) is no work for a request thread.
         // Requests still holding it free it when they finish.

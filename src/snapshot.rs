@@ -317,8 +317,13 @@ pub fn build(
     }
 
     let auth = crate::auth::Auth::build(&cfg.auth, prev.map(|s| &s.auth), &mut p);
-    let limits =
-        crate::ratelimit::RateLimits::build(&cfg.rate_limits, prev.map(|s| &s.limits), &mut p);
+    crate::config::cluster::check(cfg, &mut p);
+    let limits = crate::ratelimit::RateLimits::build(
+        &cfg.rate_limits,
+        cfg.cluster.as_ref(),
+        prev.map(|s| &s.limits),
+        &mut p,
+    );
 
     // routes
     let mut specs = Vec::with_capacity(cfg.routes.len());

@@ -45,6 +45,7 @@ impl BackgroundService for Supervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         crate::observe::access_log::start(self.runtime.clone());
         self.start_trace_exporter();
+        tokio::spawn(crate::cluster::run(self.runtime.clone()));
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {

@@ -384,7 +384,7 @@ impl AdminApp {
                         )
                     }
                 };
-                up.membership.register(addr, weight, ttl);
+                self.runtime.fleet.register(&up, addr, weight, ttl);
                 up.refresh().await;
                 log::info!(
                     "upstream `{}`: registered {addr} (weight {weight})",
@@ -400,7 +400,7 @@ impl AdminApp {
                     Ok(a) => a,
                     Err(r) => return *r,
                 };
-                if up.membership.heartbeat(addr) {
+                if self.runtime.fleet.heartbeat(&up, addr) {
                     reply(StatusCode::OK, json!({ "renewed": addr.to_string() }))
                 } else {
                     error(
@@ -415,7 +415,7 @@ impl AdminApp {
                     Ok(a) => a,
                     Err(r) => return *r,
                 };
-                if up.membership.deregister(addr) {
+                if self.runtime.fleet.deregister(&up, addr) {
                     up.refresh().await;
                     log::info!("upstream `{}`: removed {addr} from rotation", up.name);
                     reply(StatusCode::OK, json!({ "removed": addr.to_string() }))
@@ -450,6 +450,7 @@ impl AdminApp {
         match crate::cache::purge::purge(&target) {
             Ok(n) => {
                 log::info!("cache purge {target:?}: {n} entries removed");
+                self.runtime.fleet.purged(&target);
                 reply(StatusCode::OK, json!({ "purged": n }))
             }
             Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", e),
@@ -565,6 +566,14 @@ impl AdminApp {
             },
             (&Method::POST, "/admin/revocations") => self.revoke(session).await,
             (&Method::POST, "/admin/cache/purge") => self.purge_cache(session).await,
+            (&Method::GET, "/admin/cluster") => match self.runtime.fleet.status(&self.runtime) {
+                Some(v) => reply(StatusCode::OK, v),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "cluster_disabled",
+                    "this instance is standalone: no `cluster` block in its config",
+                ),
+            },
             (&Method::GET, "/admin/cache/stats") => {
                 reply(StatusCode::OK, crate::cache::STATS.to_json())
             }

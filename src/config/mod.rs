@@ -1,10 +1,12 @@
 //! Configuration: the YAML model, its units, and errors that name the file, key path and line.
 
+pub mod cluster;
 pub mod lines;
 pub mod model;
 pub mod unique;
 pub mod units;
 
+pub use cluster::{FleetConfig, RedisEndpoints};
 pub use lines::LineIndex;
 pub use model::*;
 pub use units::{ByteSize, Dur};

@@ -23,6 +23,9 @@ pub struct Config {
     pub tracing: Option<TracingConfig>,
     #[serde(default)]
     pub cache: CacheConfig,
+    /// A fleet sharing one Redis (`super::cluster`); absent: a standalone instance.
+    #[serde(default)]
+    pub cluster: Option<super::cluster::FleetConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
 }

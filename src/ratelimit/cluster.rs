@@ -15,7 +15,8 @@
 //! counts the failure; sharing resumes when Redis answers again.
 
 use super::local::Limiter;
-use crate::config::ClusterConfig;
+use crate::cluster::link::Link;
+use crate::config::{ClusterConfig, FleetConfig, RedisEndpoints};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -44,6 +45,8 @@ struct Remote {
 
 pub struct Cluster {
     pub config: ClusterConfig,
+    /// `config.redis`, or the top-level `cluster.redis` (possibly a Redis Cluster).
+    pub endpoints: RedisEndpoints,
     instance: String,
     pending: Vec<Mutex<HashMap<Key, Pending>>>,
     remote: Vec<RwLock<HashMap<Key, Remote>>>,
@@ -51,7 +54,7 @@ pub struct Cluster {
     instances: AtomicUsize,
     pub sync_errors: AtomicU64,
     running: AtomicBool,
-    conn: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+    link: Link,
 }
 
 fn unix_ms() -> u64 {
@@ -69,9 +72,41 @@ fn shard_of(label: &str, key: &[u8]) -> usize {
     (h.finish() as usize) % SHARDS
 }
 
+fn timeout_of(c: &ClusterConfig) -> Duration {
+    c.sync_interval.get().max(Duration::from_millis(200)) * 2
+}
+
 impl Cluster {
+    /// `rate_limits.cluster` (the older, limits-only form): one Redis.
     pub fn new(config: ClusterConfig) -> Cluster {
+        let endpoints = RedisEndpoints::Single(config.redis.clone());
+        Self::with_endpoints(config, endpoints)
+    }
+
+    /// Limits shared through the fleet's `cluster` block: keys under its hash tag
+    /// (`{prefix}:rl:…`, `{prefix}:instances`, `{prefix}:revocations`), so that a round's
+    /// pipeline stays on one slot of a Redis Cluster.
+    pub fn for_fleet(f: &FleetConfig) -> Cluster {
+        let config = ClusterConfig {
+            redis: f
+                .redis
+                .urls()
+                .first()
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
+            sync_interval: f.sync_interval,
+            key_prefix: crate::cluster::Keys::new(&f.key_prefix).base().to_string(),
+            max_keys: f.rate_limit_keys,
+        };
+        Self::with_endpoints(config, f.redis.clone())
+    }
+
+    fn with_endpoints(config: ClusterConfig, endpoints: RedisEndpoints) -> Cluster {
+        let timeout = timeout_of(&config);
+        let sync = config.sync_interval.get();
         Cluster {
+            link: Link::new(endpoints.clone(), timeout, sync, Duration::from_secs(5)),
+            endpoints,
             config,
             instance: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),
             pending: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -80,7 +115,6 @@ impl Cluster {
             instances: AtomicUsize::new(1),
             sync_errors: AtomicU64::new(0),
             running: AtomicBool::new(false),
-            conn: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -163,28 +197,8 @@ impl Cluster {
         )
     }
 
-    async fn connection(&self) -> Result<redis::aio::ConnectionManager, String> {
-        let mut g = self.conn.lock().await;
-        if let Some(c) = g.as_ref() {
-            return Ok(c.clone());
-        }
-        let timeout = self
-            .config
-            .sync_interval
-            .get()
-            .max(Duration::from_millis(200))
-            * 2;
-        let client = redis::Client::open(self.config.redis.as_str()).map_err(|e| e.to_string())?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout)
-            .set_number_of_retries(1);
-        let c = client
-            .get_connection_manager_with_config(cfg)
-            .await
-            .map_err(|e| e.to_string())?;
-        *g = Some(c.clone());
-        Ok(c)
+    async fn connection(&self) -> Result<crate::cluster::link::Conn, String> {
+        self.link.get().await.map_err(|e| e.to_string())
     }
 
     /// One sync round. Errors mark the cluster degraded.
@@ -224,12 +238,7 @@ impl Cluster {
             pipe.cmd("HGETALL")
                 .arg(format!("{}:revocations", self.config.key_prefix));
         }
-        let timeout = self
-            .config
-            .sync_interval
-            .get()
-            .max(Duration::from_millis(200))
-            * 2;
+        let timeout = timeout_of(&self.config);
         let values: Vec<redis::Value> =
             match tokio::time::timeout(timeout, pipe.query_async(&mut conn)).await {
                 Ok(r) => r.map_err(|e| e.to_string())?,
@@ -316,6 +325,11 @@ impl Cluster {
         let mut round: u64 = 0;
         while keep_running(&self) {
             tick.tick().await;
+            if self.link.waiting() {
+                // Redis was unreachable and the next reconnect is not due: no I/O, and the
+                // admissions stay pending (bounded) for the round that reaches it
+                continue;
+            }
             round += 1;
             let revocations = round % 10 == 1;
             match self.sync_once(revocations).await {
@@ -327,7 +341,7 @@ impl Cluster {
                 Err(e) => {
                     self.sync_errors.fetch_add(1, Ordering::Relaxed);
                     crate::observe::metrics::METRICS.cluster_sync_errors.inc();
-                    *self.conn.lock().await = None;
+                    self.link.reset().await;
                     if !self.degraded.swap(true, Ordering::Relaxed) {
                         log::warn!(
                             "rate-limit cluster: Redis unavailable ({e}); enforcing 1/{} of each limit locally",

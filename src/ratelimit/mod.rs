@@ -6,7 +6,7 @@ pub mod cluster;
 pub mod local;
 
 use crate::auth::{IdKind, Identity};
-use crate::config::{Problems, RateLimitsConfig};
+use crate::config::{Problems, RateLimitsConfig, RedisEndpoints};
 use http::HeaderName;
 use local::{Limiter, Usage};
 use std::collections::HashMap;
@@ -114,7 +114,13 @@ fn key_bytes(kind: &KeyKind, k: &KeyInput) -> Option<Vec<u8>> {
 }
 
 impl RateLimits {
-    pub fn build(c: &RateLimitsConfig, prev: Option<&RateLimits>, p: &mut Problems) -> RateLimits {
+    /// `fleet`: the top-level `cluster`, which shares the limits when present.
+    pub fn build(
+        c: &RateLimitsConfig,
+        fleet: Option<&crate::config::FleetConfig>,
+        prev: Option<&RateLimits>,
+        p: &mut Problems,
+    ) -> RateLimits {
         let mut policies = Vec::new();
         let mut by_name = HashMap::new();
         if c.sketch_slots < 64 || c.sketch_slots > MAX_SKETCH_SLOTS {
@@ -230,20 +236,37 @@ impl RateLimits {
             by_name.insert(name.clone(), policies.len());
             policies.push(policy);
         }
-        let cluster = c.cluster.as_ref().and_then(|cc| {
-            if !(cc.redis.starts_with("redis://") || cc.redis.starts_with("rediss://")) {
-                p.push("rate_limits.cluster.redis", "must be a redis:// URL");
-                return None;
+        let cluster = match fleet {
+            // the top-level `cluster` (checked in `config::cluster`)
+            Some(f) => {
+                let want = cluster::Cluster::for_fleet(f);
+                match prev.and_then(|r| r.cluster.clone()) {
+                    Some(old) if old.config == want.config && old.endpoints == want.endpoints => {
+                        Some(old)
+                    }
+                    _ => Some(Arc::new(want)),
+                }
             }
-            if cc.sync_interval.get().is_zero() {
-                p.push("rate_limits.cluster.sync_interval", "must be above 0");
-                return None;
-            }
-            match prev.and_then(|r| r.cluster.clone()) {
-                Some(old) if old.config == *cc => Some(old),
-                _ => Some(Arc::new(cluster::Cluster::new(cc.clone()))),
-            }
-        });
+            None => c.cluster.as_ref().and_then(|cc| {
+                if !(cc.redis.starts_with("redis://") || cc.redis.starts_with("rediss://")) {
+                    p.push("rate_limits.cluster.redis", "must be a redis:// URL");
+                    return None;
+                }
+                if cc.sync_interval.get().is_zero() {
+                    p.push("rate_limits.cluster.sync_interval", "must be above 0");
+                    return None;
+                }
+                match prev.and_then(|r| r.cluster.clone()) {
+                    Some(old)
+                        if old.config == *cc
+                            && old.endpoints == RedisEndpoints::Single(cc.redis.clone()) =>
+                    {
+                        Some(old)
+                    }
+                    _ => Some(Arc::new(cluster::Cluster::new(cc.clone()))),
+                }
+            }),
+        };
         RateLimits {
             config: c.clone(),
             policies,

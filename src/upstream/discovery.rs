@@ -229,6 +229,37 @@ impl Membership {
         self.recompute();
     }
 
+    /// Replace the runtime registrations and drains wholesale: with a `cluster`, the
+    /// fleet's shared registry is their source (`crate::cluster::registry`). Returns
+    /// whether the backend set changed.
+    pub fn replace_runtime(
+        &self,
+        registered: BTreeMap<SocketAddr, Registered>,
+        disabled: BTreeSet<SocketAddr>,
+    ) -> bool {
+        let changed = {
+            let mut s = self.lock();
+            let same = s.disabled == disabled
+                && s.registered.len() == registered.len()
+                && s.registered
+                    .iter()
+                    .zip(registered.iter())
+                    .all(|(a, b)| a.0 == b.0 && a.1.weight == b.1.weight && a.1.expires.is_none());
+            s.registered = registered;
+            s.disabled = disabled;
+            !same
+        };
+        if changed {
+            self.recompute();
+        }
+        changed
+    }
+
+    /// Backends taken out of rotation (drained).
+    pub fn disabled(&self) -> BTreeSet<SocketAddr> {
+        self.lock().disabled.clone()
+    }
+
     /// Rebuild the backend set from the sources.
     pub fn recompute(&self) {
         let s = self.lock();
