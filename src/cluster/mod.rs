@@ -404,9 +404,10 @@ impl Fleet {
         };
         let card = self.card(rt, &snap, s, &hash, left + batch.len());
         let mut pipe = redis::pipe();
+        // a fresh value each time: a restarted Redis must get an epoch never seen before
         pipe.cmd("SET")
             .arg(keys.epoch())
-            .arg(&self.incarnation)
+            .arg(format!("{:016x}", rand::random::<u64>()))
             .arg("NX")
             .ignore();
         pipe.cmd("GET").arg(keys.epoch());
