@@ -206,7 +206,14 @@ impl Fleet {
 
 // ------------------------------------------------------------------ the gateways
 
-fn config(redis: &str, id: &str, origin: &Upstream, extra_route: &str) -> String {
+/// `drainable`: a configured backend of its own upstream (`/drain/**`).
+fn config_with(
+    redis: &str,
+    id: &str,
+    origin: &Upstream,
+    drainable: &Upstream,
+    extra_route: &str,
+) -> String {
     format!(
         r#"
 server:
@@ -223,6 +230,7 @@ upstreams:
   svc: {{}}
   cli: {{}}
   origin: {{ backends: [{{ addr: "{origin}" }}] }}
+  drainable: {{ backends: [{{ addr: "{drainable}" }}] }}
 rate_limits:
   policies:
     shared: {{ key: ip, requests: 10, per: 60s }}
@@ -231,9 +239,11 @@ routes:
   - {{ name: cli, match: {{ path: "/cli/**" }}, upstream: cli }}
   - {{ name: cached, match: {{ path: "/cached/**" }}, upstream: origin, cache: {{ ttl: 5m }} }}
   - {{ name: limited, match: {{ path: "/limited/**" }}, upstream: origin, rate_limit: [shared] }}
+  - {{ name: drain, match: {{ path: "/drain/**" }}, upstream: drainable }}
 {extra_route}
 "#,
         origin = origin.addr,
+        drainable = drainable.addr,
     )
 }
 
@@ -312,10 +322,12 @@ async fn scenario(mut redis: Fleet) {
     let backend = Upstream::start("registered").await;
     let survivor = Upstream::start("survivor").await;
     let by_cli = Upstream::start("by-cli").await;
+    let configured = Upstream::start("configured").await;
     let ry = redis.redis_yaml();
-    let a = Gateway::start(&config(&ry, "gw-a", &origin, "")).await;
-    let b = Gateway::start(&config(&ry, "gw-b", &origin, "")).await;
-    let c = Gateway::start(&config(&ry, "gw-c", &origin, "")).await;
+    let cfg = |id: &str, extra: &str| config_with(&ry, id, &origin, &configured, extra);
+    let a = Gateway::start(&cfg("gw-a", "")).await;
+    let b = Gateway::start(&cfg("gw-b", "")).await;
+    let c = Gateway::start(&cfg("gw-c", "")).await;
     let all = [&a, &b, &c];
 
     // membership: every instance lists all three, no drift
@@ -381,6 +393,46 @@ async fn scenario(mut redis: Fleet) {
         last_beat.elapsed() >= ttl - Duration::from_millis(300),
         "removed {:?} after the last heartbeat, before its TTL",
         last_beat.elapsed()
+    );
+
+    // deregistration through C, of a backend registered (without TTL) through A
+    let (s, v) = a
+        .admin(
+            reqwest::Method::POST,
+            "/admin/upstreams/svc/backends",
+            Some(json!({"addr": backend.addr.to_string()})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(eventually(SPREAD, || all_route(&all, "/svc/x", Some("registered"))).await);
+    let del = format!("/admin/upstreams/svc/backends/{}", backend.addr);
+    let (s, v) = c.admin(reqwest::Method::DELETE, &del, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        eventually(SPREAD, || all_route(&all, "/svc/x", None)).await,
+        "a deregistration through C applies everywhere"
+    );
+
+    // drain a configured backend through B; registering it through C brings it back
+    assert!(all_route(&all, "/drain/x", Some("configured")).await);
+    let drain = format!("/admin/upstreams/drainable/backends/{}", configured.addr);
+    let (s, v) = b.admin(reqwest::Method::DELETE, &drain, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        eventually(SPREAD, || all_route(&all, "/drain/x", None)).await,
+        "a drain through B applies everywhere"
+    );
+    let (s, v) = c
+        .admin(
+            reqwest::Method::POST,
+            "/admin/upstreams/drainable/backends",
+            Some(json!({"addr": configured.addr.to_string()})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(
+        eventually(SPREAD, || all_route(&all, "/drain/x", Some("configured"))).await,
+        "back in rotation everywhere"
     );
 
     // a service registers itself with the command (no admin token), then leaves
@@ -463,10 +515,8 @@ async fn scenario(mut redis: Fleet) {
     );
 
     // drift: B reloads a different config
-    b.write_config(&config(
-        &ry,
+    b.write_config(&cfg(
         "gw-b",
-        &origin,
         r#"  - { name: extra, match: { path: "/extra/**" }, upstream: origin }"#,
     ));
     let (s, v) = b.admin(reqwest::Method::POST, "/admin/reload", None).await;
@@ -595,6 +645,25 @@ async fn scenario(mut redis: Fleet) {
     assert!(
         eventually(ttl + SPREAD, || all_route(&all, "/svc/x", None)).await,
         "the TTL applies again once Redis is back"
+    );
+
+    // a member that stops announcing itself leaves the list after member_ttl
+    drop(c);
+    assert!(
+        eventually(SPREAD, || async {
+            let mut ids = member_ids(&cluster_status(&a).await);
+            ids.sort();
+            ids == ["gw-a", "gw-b"]
+        })
+        .await,
+        "gw-c left: {}",
+        cluster_status(&a).await
+    );
+    assert!(
+        eventually(SPREAD, || async {
+            metric(&b, "portcullis_cluster_members").await == 2.0
+        })
+        .await
     );
 }
 
