@@ -751,3 +751,75 @@ async fn a_standalone_instance_has_no_cluster_endpoint() {
         "{v}"
     );
 }
+
+/// Redis stops answering but keeps its data (SIGSTOP, as in a partition or a long pause):
+/// the TTLs recorded there lapse meanwhile. Back, they run again from the reconnect
+/// instead of expiring every registration at once; heartbeats then keep what is alive.
+#[tokio::test]
+async fn a_paused_redis_expires_nothing_when_it_returns() {
+    let origin = Upstream::start("origin").await;
+    let backend = Upstream::start("registered").await;
+    let port = free_port();
+    let redis = Redis::start(port);
+    let ry = format!("\"redis://127.0.0.1:{port}\"");
+    let a = Gateway::start(&config_with(&ry, "gw-a", &origin, &origin, "")).await;
+    let b = Gateway::start(&config_with(&ry, "gw-b", &origin, &origin, "")).await;
+    let both = [&a, &b];
+    let ttl = Duration::from_secs(2);
+    let (s, v) = a
+        .admin(
+            reqwest::Method::POST,
+            "/admin/upstreams/svc/backends",
+            Some(json!({"addr": backend.addr.to_string(), "ttl": "2s"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(eventually(SPREAD, || all_route(&both, "/svc/x", Some("registered"))).await);
+
+    let load = Load::start(&[a.url("/svc/x"), b.url("/svc/x")], 2);
+    let pid = redis.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let connected = |want: f64| {
+        let both = &both;
+        async move {
+            let mut all = true;
+            for g in both {
+                all &= metric(g, "portcullis_cluster_connected").await == want;
+            }
+            all
+        }
+    };
+    assert!(eventually(SPREAD, || connected(0.0)).await, "both noticed");
+    // the TTL lapses in Redis's records while nobody can renew it
+    wait_out(ttl).await;
+    signal("-CONT");
+    assert!(
+        eventually(SPREAD, || connected(1.0)).await,
+        "both reconnected"
+    );
+    // rounds after the reconnect have read the lapsed TTL: traffic still flows
+    load.progress(50).await;
+    let stats = load.stop().await;
+    assert_eq!(
+        stats.failures, 0,
+        "no registration expired because of the pause ({} requests)",
+        stats.done
+    );
+    assert!(all_route(&both, "/svc/x", Some("registered")).await);
+    // heartbeats (through B) resume and keep it; without them it lapses a TTL later
+    let hb = format!("/admin/upstreams/svc/backends/{}/heartbeat", backend.addr);
+    let (s, v) = b.admin(reqwest::Method::PUT, &hb, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        eventually(ttl + SPREAD, || all_route(&both, "/svc/x", None)).await,
+        "and it lapses once heartbeats stop"
+    );
+}
