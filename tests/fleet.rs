@@ -318,6 +318,10 @@ fn run_cli(args: &[&str]) -> (bool, String) {
 
 /// The whole story, against either shape of Redis.
 async fn scenario(mut redis: Fleet) {
+    let mode = match redis {
+        Fleet::Single(..) => "single Redis",
+        Fleet::Cluster(_) => "Redis Cluster",
+    };
     let origin = Upstream::start("origin").await;
     let backend = Upstream::start("registered").await;
     let survivor = Upstream::start("survivor").await;
@@ -362,9 +366,14 @@ async fn scenario(mut redis: Fleet) {
         )
         .await;
     assert_eq!(s, 201, "{v}");
+    let t0 = Instant::now();
     assert!(
         eventually(SPREAD, || all_route(&all, "/svc/x", Some("registered"))).await,
         "a registration through A routes on B and C"
+    );
+    println!(
+        "FLEET ({mode}): a registration through A routed on all three within {} ms",
+        t0.elapsed().as_millis()
     );
     let registered_at = Instant::now();
 
@@ -481,6 +490,7 @@ async fn scenario(mut redis: Fleet) {
         assert_eq!(x_cache(g, "/cached/p").await, "HIT");
     }
     purge(&c, json!({"prefix": "/cached/"})).await;
+    let t0 = Instant::now();
     for g in [&a, &b] {
         assert!(
             eventually(SPREAD, || async {
@@ -490,6 +500,12 @@ async fn scenario(mut redis: Fleet) {
             "the purge reached {}",
             g.url("")
         );
+    }
+    println!(
+        "FLEET ({mode}): a purge through C applied on A and B within {} ms",
+        t0.elapsed().as_millis()
+    );
+    for g in [&a, &b] {
         assert_eq!(x_cache(g, "/cached/p").await, "MISS", "purged through C");
     }
 
@@ -521,6 +537,7 @@ async fn scenario(mut redis: Fleet) {
     ));
     let (s, v) = b.admin(reqwest::Method::POST, "/admin/reload", None).await;
     assert_eq!(s, 200, "{v}");
+    let t0 = Instant::now();
     assert!(
         eventually(SPREAD, || async {
             let v = cluster_status(&a).await;
@@ -532,6 +549,10 @@ async fn scenario(mut redis: Fleet) {
         .await,
         "A reports drift, B alone on its hash: {}",
         cluster_status(&a).await
+    );
+    println!(
+        "FLEET ({mode}): A reported B's drift {} ms after B's reload",
+        t0.elapsed().as_millis()
     );
     assert!(
         eventually(SPREAD, || async {
@@ -595,6 +616,7 @@ async fn scenario(mut redis: Fleet) {
 
     // ---- Redis is back, empty
     redis.restart().await;
+    let t0 = Instant::now();
     assert!(
         eventually(SPREAD, || async {
             let mut up = true;
@@ -606,9 +628,13 @@ async fn scenario(mut redis: Fleet) {
         .await,
         "every instance reconnected"
     );
+    println!(
+        "FLEET ({mode}): all three reconnected {} ms after Redis was back",
+        t0.elapsed().as_millis()
+    );
     let stats = load.stop().await;
     println!(
-        "FLEET: {} requests across the Redis outage, {} failed, slowest {} ms",
+        "FLEET ({mode}): {} requests across the Redis outage, {} failed, slowest {} ms",
         stats.done, stats.failures, stats.slowest_ms
     );
     assert_eq!(stats.failures, 0, "losing Redis never fails a request");
