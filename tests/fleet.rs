@@ -746,6 +746,14 @@ fn cluster_config_errors_name_the_key_and_line() {
         &format!("{base}cluster:\n  redis: \"redis://127.0.0.1:6379\"\n  sync_intervl: 1s\n"),
         &["did you mean `sync_interval`?"],
     );
+    assert_refused(
+        &format!("{base}cluster:\n  redis: \"redis://127.0.0.1:6379\"\n  tls_ca_file: /x.pem\n"),
+        &[":5: cluster.tls_ca_file:", "rediss:// URLs only"],
+    );
+    assert_refused(
+        &format!("{base}cluster:\n  redis: \"rediss://127.0.0.1:6379\"\n  tls_ca_file: /nonexistent.pem\n"),
+        &[":5: cluster.tls_ca_file:", "cannot read `/nonexistent.pem`"],
+    );
     // the secret of a URL never appears in an error
     let (ok, out) = validate(&format!(
         "{base}cluster:\n  redis: \"redis://u:hunter2@:x\"\n"
@@ -848,4 +856,81 @@ async fn a_paused_redis_expires_nothing_when_it_returns() {
         eventually(ttl + SPREAD, || all_route(&both, "/svc/x", None)).await,
         "and it lapses once heartbeats stop"
     );
+}
+
+/// `rediss://` to a real `redis-server` with TLS, its certificate issued by a private CA
+/// given as `cluster.tls_ca_file`: the fleet shares registrations over it.
+#[tokio::test]
+async fn a_fleet_over_tls_to_redis() {
+    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name = DistinguishedName::new();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "fleet test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let write = |name: &str, pem: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.display().to_string()
+    };
+    let ca_file = write("ca.pem", ca.pem());
+    let cert_file = write("redis.pem", leaf.pem());
+    let key_file = write("redis.key", leaf_key.serialize_pem());
+    let port = free_port();
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &cert_file,
+            "--tls-key-file",
+            &key_file,
+            "--tls-ca-cert-file",
+            &ca_file,
+            "--tls-auth-clients",
+            "no",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    RedisCluster::wait_listening(port);
+
+    let origin = Upstream::start("origin").await;
+    let backend = Upstream::start("registered").await;
+    let ry = format!("\"rediss://127.0.0.1:{port}\"\n  tls_ca_file: \"{ca_file}\"");
+    let a = Gateway::start(&config_with(&ry, "gw-a", &origin, &origin, "")).await;
+    let b = Gateway::start(&config_with(&ry, "gw-b", &origin, &origin, "")).await;
+    let (s, v) = a
+        .admin(
+            reqwest::Method::POST,
+            "/admin/upstreams/svc/backends",
+            Some(json!({"addr": backend.addr.to_string()})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let only_b = [&b];
+    assert!(
+        eventually(SPREAD, || all_route(&only_b, "/svc/x", Some("registered"))).await,
+        "shared over TLS: {}",
+        cluster_status(&b).await
+    );
+    assert_eq!(member_ids(&cluster_status(&a).await).len(), 2);
+    let _ = redis.kill();
+    let _ = redis.wait();
 }

@@ -71,6 +71,8 @@ struct Backoff {
 
 pub struct Link {
     pub endpoints: RedisEndpoints,
+    /// PEM roots for `rediss://` instead of the system's.
+    ca: Option<Vec<u8>>,
     /// Connect and response timeout.
     pub timeout: Duration,
     min_wait: Duration,
@@ -106,6 +108,7 @@ impl Link {
     ) -> Link {
         Link {
             endpoints,
+            ca: None,
             timeout,
             min_wait,
             max_wait: max_wait.max(min_wait),
@@ -114,6 +117,37 @@ impl Link {
                 next: None,
                 wait: min_wait,
             }),
+        }
+    }
+
+    /// Trust these PEM CA certificates for `rediss://` (`cluster.tls_ca_file`).
+    pub fn with_ca(mut self, pem: Option<Vec<u8>>) -> Link {
+        self.ca = pem;
+        self
+    }
+
+    /// The link of a fleet's config (its CA file read now; it was checked at load).
+    pub fn for_fleet(c: &crate::config::FleetConfig, timeout: Duration) -> Link {
+        let ca = c.tls_ca_file.as_ref().and_then(|f| match std::fs::read(f) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                log::warn!("cluster.tls_ca_file: cannot read `{f}`: {e}; using the system's roots");
+                None
+            }
+        });
+        Link::new(
+            c.redis.clone(),
+            timeout,
+            c.sync_interval.get(),
+            c.reconnect_max.get(),
+        )
+        .with_ca(ca)
+    }
+
+    fn certs(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: self.ca.clone(),
         }
     }
 
@@ -180,7 +214,13 @@ impl Link {
     async fn connect(&self) -> Result<Conn, String> {
         match &self.endpoints {
             RedisEndpoints::Single(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+                let client = match &self.ca {
+                    Some(_) if url.starts_with("rediss://") => {
+                        redis::Client::build_with_tls(url.as_str(), self.certs())
+                    }
+                    _ => redis::Client::open(url.as_str()),
+                }
+                .map_err(|e| e.to_string())?;
                 let cfg = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(self.timeout)
                     .set_response_timeout(self.timeout)
@@ -192,7 +232,11 @@ impl Link {
                     .map_err(|e| e.to_string())
             }
             RedisEndpoints::Cluster(nodes) => {
-                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.clone());
+                if self.ca.is_some() {
+                    builder = builder.certs(self.certs());
+                }
+                let client = builder
                     .connection_timeout(self.timeout)
                     .response_timeout(self.timeout)
                     .retries(2)

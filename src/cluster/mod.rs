@@ -218,15 +218,15 @@ impl Fleet {
         let sync = c.sync_interval.get();
         let timeout = (sync * 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
         let link = match &cur {
-            Some(cur) if cur.cfg.redis == c.redis && cur.link.timeout == timeout => {
+            Some(cur)
+                if cur.cfg.redis == c.redis
+                    && cur.cfg.tls_ca_file == c.tls_ca_file
+                    && cur.cfg.reconnect_max == c.reconnect_max
+                    && cur.link.timeout == timeout =>
+            {
                 cur.link.clone()
             }
-            _ => Arc::new(Link::new(
-                c.redis.clone(),
-                timeout,
-                sync,
-                c.reconnect_max.get(),
-            )),
+            _ => Arc::new(Link::for_fleet(c, timeout)),
         };
         Lazy::force(&FLEET_METRICS);
         log::info!(

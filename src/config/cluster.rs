@@ -12,6 +12,9 @@ pub struct FleetConfig {
     /// `redis://host:port[/db]` (or `rediss://`) for one Redis; a list of node URLs for a
     /// Redis Cluster (a list of one is a cluster with one seed node).
     pub redis: RedisEndpoints,
+    /// PEM file of the CA certificates trusted for `rediss://` (default: the system's).
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
     /// This instance's name in the fleet (default: host name + `:` + first listen port).
     #[serde(default)]
     pub instance_id: Option<String>,
@@ -137,6 +140,16 @@ pub fn check(cfg: &Config, p: &mut Problems) {
     for (key, url) in urls {
         if let Err(e) = check_url(url) {
             p.push(key, e);
+        }
+    }
+    if let Some(f) = &c.tls_ca_file {
+        if !c.redis.urls().iter().any(|u| u.starts_with("rediss://")) {
+            p.push(
+                "cluster.tls_ca_file",
+                "applies to rediss:// URLs only (cluster.redis has none)",
+            );
+        } else if let Err(e) = std::fs::read(f) {
+            p.push("cluster.tls_ca_file", format!("cannot read `{f}`: {e}"));
         }
     }
     if let Some(id) = &c.instance_id {

@@ -47,6 +47,8 @@ pub struct Cluster {
     pub config: ClusterConfig,
     /// `config.redis`, or the top-level `cluster.redis` (possibly a Redis Cluster).
     pub endpoints: RedisEndpoints,
+    /// `cluster.tls_ca_file` of a fleet.
+    pub tls_ca_file: Option<String>,
     instance: String,
     pending: Vec<Mutex<HashMap<Key, Pending>>>,
     remote: Vec<RwLock<HashMap<Key, Remote>>>,
@@ -98,7 +100,10 @@ impl Cluster {
             key_prefix: crate::cluster::Keys::new(&f.key_prefix).base().to_string(),
             max_keys: f.rate_limit_keys,
         };
-        Self::with_endpoints(config, f.redis.clone())
+        let mut c = Self::with_endpoints(config, f.redis.clone());
+        c.link = Link::for_fleet(f, timeout_of(&c.config));
+        c.tls_ca_file = f.tls_ca_file.clone();
+        c
     }
 
     fn with_endpoints(config: ClusterConfig, endpoints: RedisEndpoints) -> Cluster {
@@ -107,6 +112,7 @@ impl Cluster {
         Cluster {
             link: Link::new(endpoints.clone(), timeout, sync, Duration::from_secs(5)),
             endpoints,
+            tls_ca_file: None,
             config,
             instance: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),
             pending: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),

@@ -241,7 +241,11 @@ impl RateLimits {
             Some(f) => {
                 let want = cluster::Cluster::for_fleet(f);
                 match prev.and_then(|r| r.cluster.clone()) {
-                    Some(old) if old.config == want.config && old.endpoints == want.endpoints => {
+                    Some(old)
+                        if old.config == want.config
+                            && old.endpoints == want.endpoints
+                            && old.tls_ca_file == want.tls_ca_file =>
+                    {
                         Some(old)
                     }
                     _ => Some(Arc::new(want)),
