@@ -58,6 +58,8 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
     // a backend that refuses connections, so that retries (and their series) happen
     let dead = dead_port();
     let dead_addr = format!("127.0.0.1:{}", dead.port);
+    // a fleet of one, so that the cluster series exist
+    let redis = Redis::start(free_port());
     let yaml = format!(
         r#"
 server:
@@ -70,12 +72,14 @@ upstreams:
 rate_limits:
   policies:
     one: {{ key: ip, requests: 1, per: 60s }}
+cluster: {{ redis: "redis://127.0.0.1:{redis_port}" }}
 routes:
   - {{ name: cached, match: {{ path: "/c/**" }}, upstream: up, cache: {{ ttl: 60s }} }}
   - {{ name: limited, match: {{ path: "/rl/**" }}, upstream: up, rate_limit: [one] }}
   - {{ name: plain, match: {{ path: "/p/**" }}, upstream: up }}
 "#,
         live = up.addr,
+        redis_port = redis.port,
     );
     let gw = Gateway::start(&yaml).await;
     let c = client();
@@ -144,7 +148,7 @@ fn alert_rules_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "promtool check rules failed:\n{text}");
-    assert!(text.contains("SUCCESS: 8 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 11 rules found"), "{text}");
 }
 
 #[test]
