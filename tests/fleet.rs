@@ -930,7 +930,14 @@ async fn a_fleet_over_tls_to_redis() {
         "shared over TLS: {}",
         cluster_status(&b).await
     );
-    assert_eq!(member_ids(&cluster_status(&a).await).len(), 2);
+    assert!(
+        eventually(SPREAD, || async {
+            member_ids(&cluster_status(&a).await).len() == 2
+        })
+        .await,
+        "{}",
+        cluster_status(&a).await
+    );
     let _ = redis.kill();
     let _ = redis.wait();
 }
