@@ -163,26 +163,6 @@ fn compile_header_ops(ops: &HeaderOps, path: &str, p: &mut Problems) -> Compiled
     out
 }
 
-fn parse_net(s: &str) -> Result<IpNet, String> {
-    if let Ok(n) = s.parse::<IpNet>() {
-        return Ok(n.trunc());
-    }
-    s.parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))
-}
-
-pub(crate) fn parse_nets(list: &[String], path: &str, p: &mut Problems) -> Vec<IpNet> {
-    let mut out = Vec::with_capacity(list.len());
-    for (i, s) in list.iter().enumerate() {
-        match parse_net(s) {
-            Ok(n) => out.push(n),
-            Err(e) => p.push(format!("{path}[{i}]"), e),
-        }
-    }
-    out
-}
-
 /// Build a snapshot from a parsed config. Upstreams whose config did not change are
 /// carried over from `prev` with their state (health, registrations, counters).
 pub fn build(
@@ -226,7 +206,7 @@ pub fn build(
             }
         }
     }
-    let trusted_proxies = parse_nets(
+    let trusted_proxies = crate::net::parse_nets(
         &cfg.server.trusted_proxies,
         "server.trusted_proxies",
         &mut p,
