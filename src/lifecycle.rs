@@ -22,6 +22,21 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::broadcast::error::RecvError;
 
+/// Set once this process is handing over to a new one or shutting down: responses then
+/// close their connection so keep-alive clients reconnect (to the new process) instead
+/// of racing the old one's close. The supervisor sets it; the responders read it.
+static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process is draining (see [`set_draining`]).
+pub fn draining() -> bool {
+    DRAINING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Mark the process as draining; returns whether it already was.
+pub fn set_draining() -> bool {
+    DRAINING.swap(true, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Without `--server-conf` (or when it leaves them unset): the longest wait for in-flight
 /// requests after SIGTERM/SIGQUIT, and then Pingora's runtime shutdown bound. The process
 /// exits as soon as nothing is in flight, so with no traffic it exits at once.

@@ -1,113 +1,41 @@
-//! A small HTTP(S) GET client over Pingora's connector, for control-plane fetches
-//! (JWKS documents). Not used on the request path.
+//! IP networks as the config writes them: a CIDR block or a single address.
 
-use pingora_core::connectors::http::Connector;
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_http::RequestHeader;
-use std::time::Duration;
+use crate::config::Problems;
+use ipnet::IpNet;
+use std::net::IpAddr;
 
-pub struct Fetched {
-    pub status: u16,
-    pub cache_control: Option<String>,
-    pub body: Vec<u8>,
-}
-
-const MAX_BODY: usize = 1 << 20;
-
-pub async fn get(url: &str, timeout: Duration) -> Result<Fetched, String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("invalid URL `{url}`: {e}"))?;
-    let tls = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err(format!("URL `{url}` must be http:// or https://")),
-    };
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("URL `{url}` has no host"))?
-        .to_string();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let addr = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
-        .next()
-        .ok_or_else(|| format!("`{host}` resolves to nothing"))?;
-    let mut peer = HttpPeer::new(addr, tls, host.clone());
-    peer.options.connection_timeout = Some(timeout);
-    peer.options.total_connection_timeout = Some(timeout);
-    peer.options.read_timeout = Some(timeout);
-    peer.options.write_timeout = Some(timeout);
-    let connector = Connector::new(None);
-    let work = async {
-        let (mut session, _) = connector
-            .get_http_session(&peer)
-            .await
-            .map_err(|e| format!("cannot connect to `{host}:{port}`: {e}"))?;
-        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let mut req =
-            RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;
-        let host_header = if uri.port_u16().is_some() {
-            format!("{host}:{port}")
-        } else {
-            host.clone()
-        };
-        req.insert_header("host", host_header)
-            .map_err(|e| e.to_string())?;
-        req.insert_header("user-agent", "portcullis")
-            .map_err(|e| e.to_string())?;
-        req.insert_header("accept", "application/json")
-            .map_err(|e| e.to_string())?;
-        session
-            .write_request_header(Box::new(req))
-            .await
-            .map_err(|e| e.to_string())?;
-        session
-            .finish_request_body()
-            .await
-            .map_err(|e| e.to_string())?;
-        session
-            .read_response_header()
-            .await
-            .map_err(|e| e.to_string())?;
-        let (status, cache_control) = match session.response_header() {
-            Some(h) => (
-                h.status.as_u16(),
-                h.headers
-                    .get("cache-control")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string),
-            ),
-            None => return Err("no response header".to_string()),
-        };
-        let mut body = Vec::new();
-        while let Some(chunk) = session
-            .read_response_body()
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_BODY {
-                return Err("response body over 1 MiB".into());
-            }
-        }
-        Ok(Fetched {
-            status,
-            cache_control,
-            body,
-        })
-    };
-    match tokio::time::timeout(timeout * 2, work).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("`{url}` timed out")),
+/// `10.0.0.0/8`, `::1/128` or a bare address (a /32 or /128). Host bits are dropped.
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Ok(n.trunc());
     }
+    s.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))
 }
 
-/// `max-age` from a Cache-Control value.
-pub fn max_age(cc: &str) -> Option<u64> {
-    cc.split(',').find_map(|d| {
-        let d = d.trim();
-        d.strip_prefix("max-age=")
-            .and_then(|v| v.trim_matches('"').parse().ok())
-    })
+/// Every entry of `list`; each bad one is reported at `{path}[i]`.
+pub fn parse_nets(list: &[String], path: &str, p: &mut Problems) -> Vec<IpNet> {
+    let mut out = Vec::with_capacity(list.len());
+    for (i, s) in list.iter().enumerate() {
+        match parse_net(s) {
+            Ok(n) => out.push(n),
+            Err(e) => p.push(format!("{path}[{i}]"), e),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_net;
+
+    #[test]
+    fn cidr_and_bare_addresses() {
+        assert_eq!(parse_net("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_net("192.0.2.7").unwrap().to_string(), "192.0.2.7/32");
+        assert_eq!(parse_net("::1").unwrap().to_string(), "::1/128");
+        assert!(parse_net("10.0.0.0/33").is_err());
+        assert!(parse_net("example.com").is_err());
+    }
 }

@@ -8,11 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Set once this process is handing over to a new one or shutting down: responses then
-/// close their connection so keep-alive clients reconnect (to the new process) instead
-/// of racing the old one's close.
-pub static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 pub struct Runtime {
     snapshot: ArcSwap<Snapshot>,
     pub config_path: PathBuf,

@@ -43,7 +43,10 @@ impl Supervisor {
 #[async_trait]
 impl BackgroundService for Supervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        crate::observe::access_log::start(self.runtime.clone());
+        let rt = self.runtime.clone();
+        crate::observe::access_log::start(Box::new(move || {
+            rt.snapshot().config.access_log.clone()
+        }));
         self.start_trace_exporter();
         tokio::spawn(crate::cluster::run(self.runtime.clone()));
         let mut tick = tokio::time::interval(TICK);
@@ -69,7 +72,7 @@ impl BackgroundService for Supervisor {
                     }
                 }
                 _ = shutdown.changed() => {
-                    crate::runtime::DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
+                    crate::lifecycle::set_draining();
                     break;
                 }
                 phase = async { match phases.as_mut() { Some(p) => p.recv().await.ok(), None => std::future::pending().await } } => {
@@ -78,7 +81,7 @@ impl BackgroundService for Supervisor {
                         | Some(ExecutionPhase::GracefulUpgradeCloseTimeout)
                         | Some(ExecutionPhase::GracefulTerminate)
                         | Some(ExecutionPhase::ShutdownStarted) => {
-                            if !crate::runtime::DRAINING.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            if !crate::lifecycle::set_draining() {
                                 log::info!("draining: responses now close their connections");
                             }
                         }

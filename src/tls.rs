@@ -8,7 +8,7 @@
 //! Upstream: the CA certificates of an upstream's `ca_file`, in the form Pingora's peer
 //! options take.
 
-use crate::config::{CertificateConfig, TlsConfig, TlsVersion};
+use crate::config::{CertificateConfig, Problems, TlsConfig, TlsVersion};
 use arc_swap::ArcSwapOption;
 use pingora_core::utils::tls::WrappedX509;
 use rustls::pki_types::pem::PemObject;
@@ -241,17 +241,17 @@ pub fn hello_offers_tls13(body: &[u8]) -> Option<bool> {
     Some(false)
 }
 
-/// Load `server.tls`. Errors are (key path below `server.tls`, message).
-pub fn load(cfg: &TlsConfig) -> Result<CertSet, Vec<(String, String)>> {
-    let mut errors = Vec::new();
+/// Load `server.tls` (problems relative to it).
+pub fn load(cfg: &TlsConfig, p: &mut Problems) -> Option<CertSet> {
+    let before = p.len();
     let mut entries: Vec<(String, CertificateConfig)> = Vec::new();
     match (&cfg.cert, &cfg.key) {
         (Some(cert), Some(key)) => {
             if !cfg.certificates.is_empty() {
-                errors.push((
-                    "cert".into(),
-                    "give either `cert` + `key` or `certificates`, not both".into(),
-                ));
+                p.push(
+                    "cert",
+                    "give either `cert` + `key` or `certificates`, not both",
+                );
             }
             entries.push((
                 String::new(),
@@ -261,14 +261,14 @@ pub fn load(cfg: &TlsConfig) -> Result<CertSet, Vec<(String, String)>> {
                 },
             ));
         }
-        (Some(_), None) => errors.push(("cert".into(), "`cert` needs `key`".into())),
-        (None, Some(_)) => errors.push(("key".into(), "`key` needs `cert`".into())),
+        (Some(_), None) => p.push("cert", "`cert` needs `key`"),
+        (None, Some(_)) => p.push("key", "`key` needs `cert`"),
         (None, None) => {
             if cfg.certificates.is_empty() {
-                errors.push((
-                    "certificates".into(),
-                    "at least one certificate is needed (`certificates: [{ cert, key }]`)".into(),
-                ));
+                p.push(
+                    "certificates",
+                    "at least one certificate is needed (`certificates: [{ cert, key }]`)",
+                );
             }
         }
     }
@@ -276,22 +276,22 @@ pub fn load(cfg: &TlsConfig) -> Result<CertSet, Vec<(String, String)>> {
         entries.push((format!("certificates[{i}]."), c.clone()));
     }
     if cfg.listen.parse::<std::net::SocketAddr>().is_err() {
-        errors.push((
-            "listen".into(),
+        p.push(
+            "listen",
             format!("`{}` is not an `ip:port` address", cfg.listen),
-        ));
+        );
     }
     let mut certs = Vec::with_capacity(entries.len());
     for (prefix, c) in &entries {
         match load_pair(c) {
             Ok(lc) => certs.push(lc),
-            Err((field, msg)) => errors.push((format!("{prefix}{field}"), msg)),
+            Err((field, msg)) => p.push(format!("{prefix}{field}"), msg),
         }
     }
-    if !errors.is_empty() {
-        return Err(errors);
+    if p.len() != before {
+        return None;
     }
-    Ok(CertSet::new(certs, cfg.min_version))
+    Some(CertSet::new(certs, cfg.min_version))
 }
 
 /// Load one certificate chain and its key; errors name the field (`cert` or `key`).

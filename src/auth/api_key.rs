@@ -2,7 +2,7 @@
 //! and looked up, and the digests compared in constant time.
 
 use super::{AuthFailure, IdKind, Identity};
-use crate::config::{ApiKeyConfig, ApiKeysConfig};
+use crate::config::{ApiKeyConfig, ApiKeysConfig, Problems};
 use http::{HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -74,37 +74,37 @@ fn httpdate_like(s: &str) -> Result<u64, String> {
 }
 
 impl ApiKeys {
-    /// Compile; errors are (key path suffix, message).
-    pub fn build(c: &ApiKeysConfig) -> Result<ApiKeys, Vec<(String, String)>> {
-        let mut errors = Vec::new();
+    /// Compile (problems relative to `auth.api_keys`).
+    pub fn build(c: &ApiKeysConfig, p: &mut Problems) -> Option<ApiKeys> {
+        let before = p.len();
         let header = HeaderName::from_bytes(c.header.as_bytes()).unwrap_or_else(|_| {
-            errors.push((
-                "header".into(),
+            p.push(
+                "header",
                 format!("`{}` is not a valid header name", c.header),
-            ));
+            );
             HeaderName::from_static("x-api-key")
         });
         let forward = HeaderName::from_bytes(c.forward_id_header.as_bytes()).unwrap_or_else(|_| {
-            errors.push(("forward_id_header".into(), "not a valid header name".into()));
+            p.push("forward_id_header", "not a valid header name");
             HeaderName::from_static("x-auth-subject")
         });
         let mut by_digest = HashMap::new();
         let mut ids = HashMap::new();
         for (i, k) in c.keys.iter().enumerate() {
             if let Err(e) = Self::add(&mut by_digest, &forward, k) {
-                errors.push((format!("keys[{i}].{}", e.0), e.1));
+                p.push(format!("keys[{i}].{}", e.0), e.1);
             }
             if let Some(j) = ids.insert(k.id.clone(), i) {
-                errors.push((
+                p.push(
                     format!("keys[{i}].id"),
                     format!("key id `{}` is also used by keys[{j}]", k.id),
-                ));
+                );
             }
         }
-        if !errors.is_empty() {
-            return Err(errors);
+        if p.len() != before {
+            return None;
         }
-        Ok(ApiKeys {
+        Some(ApiKeys {
             header,
             query_param: c.query_param.clone(),
             forward,
@@ -235,7 +235,9 @@ mod tests {
                 },
             ],
         };
-        let keys = ApiKeys::build(&cfg).unwrap();
+        let src = crate::config::parse_str("t.yaml", "{}").unwrap();
+        let mut p = Problems::new(&src);
+        let keys = ApiKeys::build(&cfg, &mut p).unwrap();
         let id = keys.check(key.as_bytes(), 2000).unwrap();
         assert_eq!(id.subject, "one");
         assert_eq!(id.tier.as_deref(), Some("free"));

@@ -93,13 +93,13 @@ impl JwksSource {
         }
         self.last_attempt_ms
             .store(now_ms().max(1), Ordering::Relaxed);
-        let result = crate::net::get(&self.url, Duration::from_secs(5)).await;
+        let result = crate::fetch::get(&self.url, Duration::from_secs(5)).await;
         let mut next = self.refresh_ms;
         match result.and_then(|f| {
             if f.status != 200 {
                 return Err(format!("status {}", f.status));
             }
-            if let Some(age) = f.cache_control.as_deref().and_then(crate::net::max_age) {
+            if let Some(age) = f.cache_control.as_deref().and_then(crate::fetch::max_age) {
                 // honour max-age, within sane bounds
                 next = (age * 1000).clamp(10_000, 24 * 3_600_000);
             }

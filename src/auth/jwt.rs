@@ -4,7 +4,7 @@
 
 use super::jwks::{JwksSource, KeyLookup};
 use super::{AuthFailure, IdKind, Identity};
-use crate::config::JwtIssuerConfig;
+use crate::config::{JwtIssuerConfig, Problems};
 use base64::Engine;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
@@ -52,170 +52,211 @@ fn parse_alg(s: &str) -> Result<Algorithm, String> {
     Ok(alg)
 }
 
+/// `algorithms`: known names, not empty, HMAC and public-key never mixed.
+fn accepted_algorithms(c: &JwtIssuerConfig, p: &mut Problems) -> Vec<Algorithm> {
+    let mut algorithms = Vec::new();
+    for (i, a) in c.algorithms.iter().enumerate() {
+        match parse_alg(a) {
+            Ok(x) => algorithms.push(x),
+            Err(e) => p.push(format!("algorithms[{i}]"), e),
+        }
+    }
+    if c.algorithms.is_empty() {
+        p.push("algorithms", "list the accepted algorithms, e.g. [RS256]");
+    }
+    let hmac = algorithms.iter().any(|a| is_hmac(*a));
+    if hmac && algorithms.iter().any(|a| !is_hmac(*a)) {
+        p.push(
+            "algorithms",
+            "do not mix HMAC (HS*) and public-key algorithms in one issuer (key confusion)",
+        );
+    }
+    algorithms
+}
+
+/// Exactly one of `secret_env`, `secret_file`, `public_key_file`, `jwks_url`, usable with the
+/// algorithms.
+fn key_source(
+    c: &JwtIssuerConfig,
+    hmac: bool,
+    algorithms: &[Algorithm],
+    jwks: &mut dyn FnMut(&JwtIssuerConfig) -> Arc<JwksSource>,
+    p: &mut Problems,
+) -> Option<KeySource> {
+    let sources = [
+        c.secret_env.is_some(),
+        c.secret_file.is_some(),
+        c.public_key_file.is_some(),
+        c.jwks_url.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if sources != 1 {
+        p.push(
+            "",
+            "give exactly one key source: secret_env, secret_file, public_key_file or jwks_url",
+        );
+    }
+    let mut keys = shared_secret(c, hmac, p);
+    if let Some(path) = &c.public_key_file {
+        keys = public_key(path, hmac, algorithms, p).or(keys);
+    }
+    if let Some(url) = &c.jwks_url {
+        keys = jwks_source(c, url, hmac, jwks, p).or(keys);
+    }
+    keys
+}
+
+/// `secret_env` / `secret_file`: an HMAC secret.
+fn shared_secret(c: &JwtIssuerConfig, hmac: bool, p: &mut Problems) -> Option<KeySource> {
+    let mut keys = None;
+    if let Some(var) = &c.secret_env {
+        if !hmac {
+            p.push("secret_env", "a shared secret needs HS256/HS384/HS512");
+        }
+        match std::env::var_os(var) {
+            Some(v) if !v.is_empty() => {
+                keys = Some(KeySource::Static(Arc::new(DecodingKey::from_secret(
+                    v.as_encoded_bytes(),
+                ))))
+            }
+            _ => p.push(
+                "secret_env",
+                format!("environment variable `{var}` is not set or empty"),
+            ),
+        }
+    }
+    if let Some(path) = &c.secret_file {
+        if !hmac {
+            p.push("secret_file", "a shared secret needs HS256/HS384/HS512");
+        }
+        match std::fs::read(path) {
+            Ok(mut b) => {
+                while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                    b.pop();
+                }
+                if b.is_empty() {
+                    p.push("secret_file", format!("`{path}` is empty"));
+                } else {
+                    keys = Some(KeySource::Static(Arc::new(DecodingKey::from_secret(&b))));
+                }
+            }
+            Err(e) => p.push("secret_file", format!("cannot read `{path}`: {e}")),
+        }
+    }
+    keys
+}
+
+/// `public_key_file`: a PEM key of the algorithms' family.
+fn public_key(
+    path: &str,
+    hmac: bool,
+    algorithms: &[Algorithm],
+    p: &mut Problems,
+) -> Option<KeySource> {
+    let mut keys = None;
+    if hmac {
+        p.push(
+            "public_key_file",
+            "a public key needs RS*, PS*, ES* or EdDSA algorithms",
+        );
+    }
+    match std::fs::read(path) {
+        Ok(pem) => {
+            let fam = algorithms.first().copied().unwrap_or(Algorithm::RS256);
+            let k = match fam {
+                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+                Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                _ => DecodingKey::from_rsa_pem(&pem),
+            };
+            match k {
+                Ok(k) => keys = Some(KeySource::Static(Arc::new(k))),
+                Err(e) => p.push(
+                    "public_key_file",
+                    format!("`{path}` is not a usable PEM key: {e}"),
+                ),
+            }
+        }
+        Err(e) => p.push("public_key_file", format!("cannot read `{path}`: {e}")),
+    }
+
+    keys
+}
+
+/// `jwks_url`: https, or http to a loopback host (or with `allow_insecure_http`).
+fn jwks_source(
+    c: &JwtIssuerConfig,
+    url: &str,
+    hmac: bool,
+    jwks: &mut dyn FnMut(&JwtIssuerConfig) -> Arc<JwksSource>,
+    p: &mut Problems,
+) -> Option<KeySource> {
+    let mut keys = None;
+    if hmac {
+        p.push("jwks_url", "a JWKS needs public-key algorithms");
+    }
+    match url.parse::<http::Uri>() {
+        Ok(u)
+            if u.scheme_str() == Some("http")
+                && !c.allow_insecure_http
+                && !u.host().is_some_and(is_loopback_host) =>
+        {
+            p.push(
+                "jwks_url",
+                format!(
+                    "`{url}` is plain http: signing keys fetched that way can be \
+                     replaced on the path; use https (or set allow_insecure_http: true)"
+                ),
+            )
+        }
+        Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {
+            keys = Some(KeySource::Jwks(jwks(c)))
+        }
+        _ => p.push("jwks_url", format!("`{url}` is not an http(s) URL")),
+    }
+
+    keys
+}
+
+/// `forward_claims`: claim → header name.
+fn forwarded_claims(c: &JwtIssuerConfig, p: &mut Problems) -> Vec<(String, HeaderName)> {
+    let mut forward = Vec::new();
+    for (claim, header) in &c.forward_claims {
+        match HeaderName::from_bytes(header.as_bytes()) {
+            Ok(h) => forward.push((claim.clone(), h)),
+            Err(_) => p.push(
+                format!("forward_claims.{claim}"),
+                format!("`{header}` is not a valid header name"),
+            ),
+        }
+    }
+    forward
+}
+
 fn is_hmac(a: Algorithm) -> bool {
     matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
 impl Issuer {
-    /// Compile; errors are (key path suffix, message). `jwks` returns an existing source
+    /// Compile (problems relative to the issuer's block). `jwks` returns an existing source
     /// for the URL so keys survive reloads.
     pub fn build(
         c: &JwtIssuerConfig,
         jwks: &mut dyn FnMut(&JwtIssuerConfig) -> Arc<JwksSource>,
-    ) -> Result<Issuer, Vec<(String, String)>> {
-        let mut errors = Vec::new();
-        let mut algorithms = Vec::new();
-        for (i, a) in c.algorithms.iter().enumerate() {
-            match parse_alg(a) {
-                Ok(x) => algorithms.push(x),
-                Err(e) => errors.push((format!("algorithms[{i}]"), e)),
-            }
-        }
-        if c.algorithms.is_empty() {
-            errors.push((
-                "algorithms".into(),
-                "list the accepted algorithms, e.g. [RS256]".into(),
-            ));
-        }
+        p: &mut Problems,
+    ) -> Option<Issuer> {
+        let before = p.len();
+        let algorithms = accepted_algorithms(c, p);
         let hmac = algorithms.iter().any(|a| is_hmac(*a));
-        if hmac && algorithms.iter().any(|a| !is_hmac(*a)) {
-            errors.push((
-                "algorithms".into(),
-                "do not mix HMAC (HS*) and public-key algorithms in one issuer (key confusion)"
-                    .into(),
-            ));
-        }
-        let sources = [
-            c.secret_env.is_some(),
-            c.secret_file.is_some(),
-            c.public_key_file.is_some(),
-            c.jwks_url.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        if sources != 1 {
-            errors.push((
-                String::new(),
-                "give exactly one key source: secret_env, secret_file, public_key_file or jwks_url"
-                    .into(),
-            ));
-        }
-        let mut keys = None;
-        if let Some(var) = &c.secret_env {
-            if !hmac {
-                errors.push((
-                    "secret_env".into(),
-                    "a shared secret needs HS256/HS384/HS512".into(),
-                ));
-            }
-            match std::env::var_os(var) {
-                Some(v) if !v.is_empty() => {
-                    keys = Some(KeySource::Static(Arc::new(DecodingKey::from_secret(
-                        v.as_encoded_bytes(),
-                    ))))
-                }
-                _ => errors.push((
-                    "secret_env".into(),
-                    format!("environment variable `{var}` is not set or empty"),
-                )),
-            }
-        }
-        if let Some(path) = &c.secret_file {
-            if !hmac {
-                errors.push((
-                    "secret_file".into(),
-                    "a shared secret needs HS256/HS384/HS512".into(),
-                ));
-            }
-            match std::fs::read(path) {
-                Ok(mut b) => {
-                    while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
-                        b.pop();
-                    }
-                    if b.is_empty() {
-                        errors.push(("secret_file".into(), format!("`{path}` is empty")));
-                    } else {
-                        keys = Some(KeySource::Static(Arc::new(DecodingKey::from_secret(&b))));
-                    }
-                }
-                Err(e) => errors.push(("secret_file".into(), format!("cannot read `{path}`: {e}"))),
-            }
-        }
-        if let Some(path) = &c.public_key_file {
-            if hmac {
-                errors.push((
-                    "public_key_file".into(),
-                    "a public key needs RS*, PS*, ES* or EdDSA algorithms".into(),
-                ));
-            }
-            match std::fs::read(path) {
-                Ok(pem) => {
-                    let fam = algorithms.first().copied().unwrap_or(Algorithm::RS256);
-                    let k = match fam {
-                        Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
-                        Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
-                        _ => DecodingKey::from_rsa_pem(&pem),
-                    };
-                    match k {
-                        Ok(k) => keys = Some(KeySource::Static(Arc::new(k))),
-                        Err(e) => errors.push((
-                            "public_key_file".into(),
-                            format!("`{path}` is not a usable PEM key: {e}"),
-                        )),
-                    }
-                }
-                Err(e) => errors.push((
-                    "public_key_file".into(),
-                    format!("cannot read `{path}`: {e}"),
-                )),
-            }
-        }
-        if let Some(url) = &c.jwks_url {
-            if hmac {
-                errors.push((
-                    "jwks_url".into(),
-                    "a JWKS needs public-key algorithms".into(),
-                ));
-            }
-            match url.parse::<http::Uri>() {
-                Ok(u)
-                    if u.scheme_str() == Some("http")
-                        && !c.allow_insecure_http
-                        && !u.host().is_some_and(is_loopback_host) =>
-                {
-                    errors.push((
-                        "jwks_url".into(),
-                        format!(
-                            "`{url}` is plain http: signing keys fetched that way can be \
-                             replaced on the path; use https (or set allow_insecure_http: true)"
-                        ),
-                    ))
-                }
-                Ok(u)
-                    if matches!(u.scheme_str(), Some("http") | Some("https"))
-                        && u.host().is_some() =>
-                {
-                    keys = Some(KeySource::Jwks(jwks(c)))
-                }
-                _ => errors.push(("jwks_url".into(), format!("`{url}` is not an http(s) URL"))),
-            }
-        }
-        let mut forward = Vec::new();
-        for (claim, header) in &c.forward_claims {
-            match HeaderName::from_bytes(header.as_bytes()) {
-                Ok(h) => forward.push((claim.clone(), h)),
-                Err(_) => errors.push((
-                    format!("forward_claims.{claim}"),
-                    format!("`{header}` is not a valid header name"),
-                )),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(errors);
+        let keys = key_source(c, hmac, &algorithms, jwks, p);
+        let forward = forwarded_claims(c, p);
+        if p.len() != before {
+            return None;
         }
         let Some(keys) = keys else {
-            return Err(vec![(String::new(), "no key source".into())]);
+            p.push("", "no key source");
+            return None;
         };
         let leeway = c.leeway.get().as_secs();
         let mut validation = Validation::new(algorithms[0]);
@@ -234,7 +275,7 @@ impl Issuer {
             // an issuer that names its audiences never accepts a token without one
             validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         }
-        Ok(Issuer {
+        Some(Issuer {
             name: c.name.as_str().into(),
             iss: c.issuer.clone(),
             algorithms,

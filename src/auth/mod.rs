@@ -137,49 +137,29 @@ impl Auth {
                     ))
                 })
             };
-            match jwt::Issuer::build(ic, &mut reuse) {
-                Ok(iss) => {
-                    by_name.insert(ic.name.clone(), issuers.len());
-                    if by_iss.insert(ic.issuer.clone(), issuers.len()).is_some() {
-                        p.push(
-                            format!("{base}.issuer"),
-                            "two issuers share the same `issuer` value",
-                        );
-                    }
-                    for h in ic.forward_claims.values() {
-                        if let Ok(h) = HeaderName::from_bytes(h.as_bytes()) {
-                            identity_headers.push(h);
-                        }
-                    }
-                    issuers.push(Arc::new(iss));
+            if let Some(iss) = p.within(&base, |p| jwt::Issuer::build(ic, &mut reuse, p)) {
+                by_name.insert(ic.name.clone(), issuers.len());
+                if by_iss.insert(ic.issuer.clone(), issuers.len()).is_some() {
+                    p.push(
+                        format!("{base}.issuer"),
+                        "two issuers share the same `issuer` value",
+                    );
                 }
-                Err(errs) => {
-                    for (k, m) in errs {
-                        let path = if k.is_empty() {
-                            base.clone()
-                        } else {
-                            format!("{base}.{k}")
-                        };
-                        p.push(path, m);
+                for h in ic.forward_claims.values() {
+                    if let Ok(h) = HeaderName::from_bytes(h.as_bytes()) {
+                        identity_headers.push(h);
                     }
                 }
+                issuers.push(Arc::new(iss));
             }
         }
         let api_keys = c
             .api_keys
             .as_ref()
-            .and_then(|k| match api_key::ApiKeys::build(k) {
-                Ok(keys) => {
-                    identity_headers.push(keys.forward.clone());
-                    Some(keys)
-                }
-                Err(errs) => {
-                    for (k, m) in errs {
-                        p.push(format!("auth.api_keys.{k}"), m);
-                    }
-                    None
-                }
-            });
+            .and_then(|k| p.within("auth.api_keys", |p| api_key::ApiKeys::build(k, p)));
+        if let Some(keys) = &api_keys {
+            identity_headers.push(keys.forward.clone());
+        }
         identity_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         identity_headers.dedup();
         if c.token_cache.max_entries == 0 {

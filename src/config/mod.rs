@@ -56,8 +56,12 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// Collects semantic errors against a source, resolving each key path to its line.
+/// The one collector of config problems: each carries the file, the key path and the line.
+/// Builders report keys relative to where they are called from; [`Problems::within`]
+/// scopes a builder under a prefix so that it need not know where its block sits.
 pub struct Problems<'a> {
     src: &'a Source,
+    scope: String,
     pub errors: Vec<ConfigError>,
 }
 
@@ -65,12 +69,14 @@ impl<'a> Problems<'a> {
     pub fn new(src: &'a Source) -> Self {
         Problems {
             src,
+            scope: String::new(),
             errors: Vec::new(),
         }
     }
 
+    /// Report `message` at `path` (below the current scope, if any).
     pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        let path = path.into();
+        let path = join_path(&self.scope, path.into());
         self.errors.push(ConfigError {
             file: self.src.file.clone(),
             line: self.src.index().line_of(&path),
@@ -79,8 +85,36 @@ impl<'a> Problems<'a> {
         });
     }
 
+    /// Run `f` with every key it reports placed below `prefix`: inside
+    /// `p.within("server.tls", ..)`, `p.push("cert", ..)` reports `server.tls.cert`.
+    pub fn within<R>(&mut self, prefix: &str, f: impl FnOnce(&mut Self) -> R) -> R {
+        let outer = self.scope.len();
+        self.scope = join_path(&self.scope, prefix.to_string());
+        let r = f(self);
+        self.scope.truncate(outer);
+        r
+    }
+
     pub fn is_empty(&self) -> bool {
         self.errors.is_empty()
+    }
+
+    /// How many problems so far (compare before and after a step to see whether it failed).
+    pub fn len(&self) -> usize {
+        self.errors.len()
+    }
+}
+
+/// `scope` + `path` as a key path: `a.b` + `c` → `a.b.c`, `a` + `[0].c` → `a[0].c`.
+fn join_path(scope: &str, path: String) -> String {
+    if scope.is_empty() {
+        path
+    } else if path.is_empty() {
+        scope.to_string()
+    } else if path.starts_with('[') {
+        [scope, path.as_str()].concat()
+    } else {
+        [scope, ".", path.as_str()].concat()
     }
 }
 
@@ -295,6 +329,31 @@ pub fn parse_str(file: &str, text: &str) -> Result<Source, ConfigErrors> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scoped_problems_join_key_paths_and_find_lines() {
+        let text = "server:\n  trusted_proxies:\n    - x\n";
+        let src = parse_str("t.yaml", text).unwrap();
+        let mut p = Problems::new(&src);
+        p.within("server", |p| {
+            p.within("trusted_proxies", |p| p.push("[0]", "bad"));
+            p.push("[0]", "indexed");
+            p.push("", "the block itself");
+        });
+        p.push("top", "unscoped");
+        let got: Vec<(&str, Option<usize>)> =
+            p.errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+        assert_eq!(
+            got,
+            [
+                ("server.trusted_proxies[0]", Some(3)),
+                ("server[0]", Some(1)),
+                ("server", Some(1)),
+                ("top", None)
+            ]
+        );
+        assert_eq!(p.len(), 4);
+    }
 
     #[test]
     fn a_duplicate_is_reported_where_it_repeats() {

@@ -7,7 +7,7 @@ use crate::config::{
 };
 pub mod headers;
 
-use crate::proxy::respond::Reject;
+use crate::reject::Reject;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use once_cell::sync::Lazy;
@@ -133,8 +133,8 @@ pub struct IpRules {
 impl IpRules {
     pub fn build(c: &IpRulesConfig, base: &str, p: &mut Problems) -> IpRules {
         IpRules {
-            allow: crate::snapshot::parse_nets(&c.allow, &format!("{base}.allow"), p),
-            deny: crate::snapshot::parse_nets(&c.deny, &format!("{base}.deny"), p),
+            allow: crate::net::parse_nets(&c.allow, &format!("{base}.allow"), p),
+            deny: crate::net::parse_nets(&c.deny, &format!("{base}.deny"), p),
         }
     }
 

@@ -6,7 +6,6 @@
 //! path changes on reload.
 
 use super::metrics::METRICS;
-use crate::runtime::Runtime;
 use once_cell::sync::OnceCell;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -331,8 +330,8 @@ fn flush(t: &mut Target) {
 /// the next line and writes it at once.
 const BATCH_INTERVAL: Duration = Duration::from_millis(20);
 
-fn run_writer(rx: Receiver<Msg>, runtime: Arc<Runtime>) {
-    let mut path = runtime.snapshot().config.access_log.path.clone();
+fn run_writer(rx: Receiver<Msg>, current: LogConfig) {
+    let mut path = current().path;
     let mut target = open(&path);
     let mut last_check = std::time::Instant::now();
     let mut line = Vec::with_capacity(128 * 1024);
@@ -385,7 +384,7 @@ fn run_writer(rx: Receiver<Msg>, runtime: Arc<Runtime>) {
         }
         if last_check.elapsed() >= Duration::from_secs(1) {
             last_check = std::time::Instant::now();
-            let want = runtime.snapshot().config.access_log.path.clone();
+            let want = current().path;
             if want != path || target.as_ref().is_none_or(rotated) {
                 if let Some(t) = target.as_mut() {
                     flush(t);
@@ -406,9 +405,13 @@ fn run_writer(rx: Receiver<Msg>, runtime: Arc<Runtime>) {
     }
 }
 
+/// The access-log settings of the config being served now; the writer asks once a second
+/// so that a reload can move the file.
+pub type LogConfig = Box<dyn Fn() -> crate::config::AccessLogConfig + Send>;
+
 /// Start the writer (called from a background service, after daemonisation).
-pub fn start(runtime: Arc<Runtime>) {
-    let cfg = runtime.snapshot().config.access_log.clone();
+pub fn start(current: LogConfig) {
+    let cfg = current();
     if !cfg.enabled {
         return;
     }
@@ -418,7 +421,7 @@ pub fn start(runtime: Arc<Runtime>) {
     }
     let spawned = std::thread::Builder::new()
         .name("access-log".into())
-        .spawn(move || run_writer(rx, runtime));
+        .spawn(move || run_writer(rx, current));
     if let Err(e) = spawned {
         log::error!("access log: cannot start the writer thread: {e}");
     }

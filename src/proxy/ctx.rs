@@ -1,6 +1,6 @@
 //! Per-request state carried through the phases.
 
-use super::respond::Reject;
+use crate::reject::Reject;
 use crate::snapshot::Snapshot;
 use crate::upstream::retry::Failure;
 use crate::upstream::{InFlight, Upstream};

@@ -1,9 +1,9 @@
 //! The edge steps of the request phases: limits, IP rules, CORS and response decoration.
 
 use super::ctx::Ctx;
-use super::respond::Reject;
 use crate::edge;
 use crate::hdr::Headers;
+use crate::reject::Reject;
 use pingora_core::modules::http::compression::ResponseCompression;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;

@@ -2,9 +2,10 @@
 //! (`early_request_filter`), then edge rules, auth and rate limits (`request_filter`).
 
 use super::ctx::Ctx;
-use super::respond::{self, Reject};
+use super::respond;
 use super::{edge, forwarded};
 use crate::observe::request_id;
+use crate::reject::Reject;
 use crate::routing::{self, Lookup};
 use crate::runtime::Runtime;
 use pingora_error::Result;

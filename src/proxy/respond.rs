@@ -2,36 +2,12 @@
 //! `{"error": code, "message": text, "request_id": id}`, and carries `X-Request-Id`.
 
 use super::ctx::Ctx;
+use crate::reject::Reject;
 use bytes::Bytes;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::FailToProxy;
 use pingora_proxy::Session;
-
-/// A response the gateway answers itself instead of proxying.
-#[derive(Debug, Clone)]
-pub struct Reject {
-    pub status: u16,
-    pub code: &'static str,
-    pub message: String,
-    pub headers: Vec<(&'static str, String)>,
-}
-
-impl Reject {
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Reject {
-        Reject {
-            status,
-            code,
-            message: message.into(),
-            headers: Vec::new(),
-        }
-    }
-
-    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reject {
-        self.headers.push((name, value.into()));
-        self
-    }
-}
 
 pub fn error_body(code: &str, message: &str, request_id: &str) -> Vec<u8> {
     let v = serde_json::json!({ "error": code, "message": message, "request_id": request_id });
@@ -54,7 +30,7 @@ pub async fn send(
     for (k, v) in &reject.headers {
         resp.insert_header(*k, v.as_str())?;
     }
-    if close || crate::runtime::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+    if close || crate::lifecycle::draining() {
         session.set_keepalive(None);
     }
     let head_only = session.req_header().method == http::Method::HEAD;

@@ -12,7 +12,7 @@ pub fn decorate(session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx)
     // each map grows once at most.
     resp.reserve(10);
     resp.set(&hdr::X_REQUEST_ID, hdr::text(&ctx.request_id)?)?;
-    if crate::runtime::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+    if crate::lifecycle::draining() {
         session.set_keepalive(None);
         resp.insert_header("connection", "close")?;
     }

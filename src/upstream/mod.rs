@@ -1,29 +1,35 @@
 //! Upstream pools on pingora-load-balancing: weighted selection, membership (static,
 //! DNS, runtime registration), active health checks and per-backend state.
+//!
+//! `compile` checks a config block, `backend` holds one address's live state, `select`
+//! chooses the backend of an attempt; this module owns the pool and its upkeep.
 
+mod backend;
 pub mod breaker;
+mod compile;
 pub mod discovery;
 pub mod retry;
+mod select;
 pub mod window;
 
-use crate::clock::now_ms;
-use crate::config::{HealthCheckKind, LbKind, TimeoutsConfig, UpstreamConfig, UpstreamProtocol};
+pub use backend::{BackendState, InFlight, PeerProfile};
+pub use compile::HashKey;
+pub use select::{NoBackend, Selected};
+
+use crate::config::{LbKind, Problems, UpstreamConfig};
 use ahash::AHashMap;
 use arc_swap::ArcSwap;
-use breaker::{Admit, Breaker, BreakerPolicy, Ejections};
+use breaker::{BreakerPolicy, Ejections};
 use discovery::{AddrSpec, Membership, MembershipDiscovery};
-use http::HeaderName;
+use futures_util::FutureExt;
 use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
-use pingora_core::protocols::tls::CaType;
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 use retry::RetryPolicy;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Largest backend weight: weighted selection tables hold one entry per unit of weight,
 /// and the consistent-hash ring 160 points per unit.
@@ -34,162 +40,6 @@ pub const MAX_HASH_TOTAL_WEIGHT: u64 = 10_000;
 
 /// Longest walk over the selection ring before giving up on finding an acceptable backend.
 const MAX_SELECT_ITERATIONS: usize = 256;
-
-/// Where the consistent-hash key comes from.
-#[derive(Debug, Clone)]
-pub enum HashKey {
-    ClientIp,
-    Path,
-    Header(HeaderName),
-    Cookie(String),
-}
-
-impl HashKey {
-    pub fn parse(s: &str) -> Result<HashKey, String> {
-        match s {
-            "ip" => Ok(HashKey::ClientIp),
-            "path" => Ok(HashKey::Path),
-            _ => {
-                if let Some(h) = s.strip_prefix("header:") {
-                    HeaderName::from_bytes(h.as_bytes())
-                        .map(HashKey::Header)
-                        .map_err(|_| format!("`{h}` is not a valid header name"))
-                } else if let Some(c) = s.strip_prefix("cookie:") {
-                    if c.is_empty() {
-                        Err("cookie name is empty".into())
-                    } else {
-                        Ok(HashKey::Cookie(c.to_string()))
-                    }
-                } else {
-                    Err(format!(
-                        "hash_key `{s}` must be `ip`, `path`, `header:NAME` or `cookie:NAME`"
-                    ))
-                }
-            }
-        }
-    }
-}
-
-/// How the gateway connects to an upstream's backends: protocol, TLS and timeouts.
-#[derive(Clone)]
-pub struct PeerProfile {
-    pub timeouts: TimeoutsConfig,
-    pub tls: bool,
-    /// SNI and verified name; `None`: the backend's host name or IP.
-    pub sni: Option<String>,
-    pub verify: bool,
-    /// CAs from `ca_file`, and a digest of the file (part of the connection-pool key).
-    pub ca: Option<(Arc<CaType>, u64)>,
-    pub protocol: UpstreamProtocol,
-}
-
-/// Concurrent streams per HTTP/2 upstream connection before another is opened.
-const H2_STREAMS_PER_CONNECTION: usize = 100;
-
-/// Live state of one backend address.
-pub struct BackendState {
-    pub addr: SocketAddr,
-    /// `upstream/addr`, for logs.
-    pub label: String,
-    pub in_flight: AtomicI64,
-    pub requests: AtomicU64,
-    pub breaker: Breaker,
-    /// `Host` sent upstream on routes that do not preserve the client's (`ip:port`).
-    pub host_header: http::HeaderValue,
-    /// This backend's attempt and latency series.
-    pub metrics: crate::observe::metrics::BackendMetrics,
-    peer: HttpPeer,
-}
-
-impl BackendState {
-    fn new(
-        name: &str,
-        addr: SocketAddr,
-        host: Option<String>,
-        profile: &PeerProfile,
-        policy: &BreakerPolicy,
-    ) -> BackendState {
-        let sni = if profile.tls {
-            profile
-                .sni
-                .clone()
-                .or(host)
-                .unwrap_or_else(|| addr.ip().to_string())
-        } else {
-            String::new()
-        };
-        let mut peer = HttpPeer::new(addr, profile.tls, sni);
-        let t = &profile.timeouts;
-        peer.options.connection_timeout = Some(t.connect.get());
-        peer.options.total_connection_timeout = Some(t.connect.get());
-        peer.options.read_timeout = Some(t.read.get());
-        peer.options.write_timeout = Some(t.read.get());
-        peer.options.idle_timeout = Some(t.idle.get());
-        if profile.tls {
-            peer.options.verify_cert = profile.verify;
-            peer.options.verify_hostname = profile.verify;
-            if let Some((ca, digest)) = &profile.ca {
-                peer.options.ca = Some(ca.clone());
-                // the pool key does not cover the CA: connections verified against other
-                // CAs (before a reload) must not be reused
-                peer.group_key = *digest;
-            }
-        }
-        if profile.protocol == UpstreamProtocol::H2 {
-            // over TLS: ALPN h2 only; in clear text: HTTP/2 with prior knowledge (h2c)
-            peer.options.set_http_version(2, 2);
-            peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
-        }
-        BackendState {
-            addr,
-            label: format!("{name}/{addr}"),
-            host_header: crate::hdr::socket_addr_header(addr),
-            metrics: crate::observe::metrics::BackendMetrics::new(name, &addr.to_string()),
-            in_flight: AtomicI64::new(0),
-            requests: AtomicU64::new(0),
-            breaker: Breaker::new(policy),
-            peer,
-        }
-    }
-
-    /// A peer for this backend; `read_timeout` may be shortened by the request deadline.
-    pub fn peer(&self, read_timeout: Duration) -> HttpPeer {
-        let mut p = self.peer.clone();
-        if p.options.read_timeout.is_none_or(|r| read_timeout < r) {
-            p.options.read_timeout = Some(read_timeout);
-            p.options.write_timeout = Some(read_timeout);
-        }
-        p
-    }
-
-    /// A peer for an upgrade request (WebSocket): HTTP/1.1 whatever the upstream's protocol
-    /// (Pingora upgrades only HTTP/1 connections), and `idle` as the read timeout, which
-    /// then bounds the silence of the upgraded connection.
-    pub fn upgrade_peer(&self, idle: Duration) -> HttpPeer {
-        let mut p = self.peer.clone();
-        p.options.set_http_version(1, 1);
-        p.options.max_h2_streams = 1;
-        p.options.read_timeout = Some(idle);
-        p
-    }
-}
-
-/// Counts a request against a backend's in-flight gauge for as long as it lives.
-pub struct InFlight(pub Arc<BackendState>);
-
-impl InFlight {
-    pub fn new(state: Arc<BackendState>) -> InFlight {
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
-        state.requests.fetch_add(1, Ordering::Relaxed);
-        InFlight(state)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 enum Selector {
     RoundRobin(LoadBalancer<RoundRobin>),
@@ -208,24 +58,6 @@ macro_rules! with_lb {
             Selector::LeastRequest($lb) => $body,
         }
     };
-}
-
-/// Why no backend could be chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoBackend {
-    /// Every candidate's circuit is open; the first half-opens in this many ms.
-    CircuitOpen(u64),
-    /// No backend is healthy (or none is registered).
-    NoneHealthy,
-    /// Every healthy backend was already tried for this request.
-    Exhausted,
-}
-
-/// A chosen backend.
-pub struct Selected {
-    pub state: Arc<BackendState>,
-    /// A half-open probe: its outcome closes or re-opens the circuit.
-    pub probe: bool,
 }
 
 /// Pre-resolved metric handles of one upstream.
@@ -268,176 +100,14 @@ pub struct Upstream {
     epoch: Instant,
 }
 
-/// Errors found while compiling an upstream: (key path suffix, message).
-pub type UpstreamErrors = Vec<(String, String)>;
-
 impl Upstream {
-    pub fn build(name: &str, cfg: &UpstreamConfig) -> Result<Upstream, UpstreamErrors> {
-        let mut errors = Vec::new();
-        let mut configured = Vec::new();
-        for (i, b) in cfg.backends.iter().enumerate() {
-            if b.weight > MAX_WEIGHT {
-                errors.push((
-                    format!("backends[{i}].weight"),
-                    format!("must be at most {MAX_WEIGHT}"),
-                ));
-            }
-            match AddrSpec::parse(&b.addr) {
-                Ok(spec) => configured.push((spec, b.weight)),
-                Err(e) => errors.push((format!("backends[{i}].addr"), e)),
-            }
-        }
-        if let Some(d) = &cfg.discovery {
-            if d.weight == 0 || d.weight > MAX_WEIGHT {
-                errors.push((
-                    "discovery.weight".into(),
-                    format!("must be 1..{MAX_WEIGHT}"),
-                ));
-            }
-            match AddrSpec::parse(&d.dns) {
-                Ok(AddrSpec::Name { host, port }) => {
-                    configured.push((AddrSpec::Name { host, port }, d.weight))
-                }
-                Ok(AddrSpec::Ip(a)) => configured.push((AddrSpec::Ip(a), d.weight)),
-                Err(e) => errors.push(("discovery.dns".into(), e)),
-            }
-        }
-        if cfg.backends.is_empty() && cfg.discovery.is_none() {
-            // allowed: backends may be registered at runtime through the admin API
-            log::info!("upstream `{name}` has no configured backends; it waits for registrations");
-        } else if cfg.lb == LbKind::ConsistentHash
-            && cfg.backends.iter().map(|b| b.weight as u64).sum::<u64>()
-                + cfg.discovery.as_ref().map_or(0, |d| d.weight as u64)
-                > MAX_HASH_TOTAL_WEIGHT
-        {
-            // the ring has 160 points per unit of weight
-            errors.push((
-                "backends".into(),
-                format!("a consistent_hash upstream's weights may add up to at most {MAX_HASH_TOTAL_WEIGHT}"),
-            ));
-        } else if !cfg.backends.is_empty()
-            && cfg.discovery.is_none()
-            && cfg.backends.iter().all(|b| b.weight == 0)
-        {
-            errors.push((
-                "backends".into(),
-                "the total weight of the backends is 0".into(),
-            ));
-        }
-        let hash_key = match cfg.hash_key.as_deref() {
-            None => HashKey::ClientIp,
-            Some(s) => match HashKey::parse(s) {
-                Ok(k) => k,
-                Err(e) => {
-                    errors.push(("hash_key".into(), e));
-                    HashKey::ClientIp
-                }
-            },
-        };
-        if cfg.hash_key.is_some() && cfg.lb != LbKind::ConsistentHash {
-            errors.push((
-                "hash_key".into(),
-                "hash_key only applies to `lb: consistent_hash`".into(),
-            ));
-        }
-        if let Some(hc) = &cfg.health_check {
-            if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
-                errors.push((
-                    "health_check".into(),
-                    "healthy_threshold and unhealthy_threshold must be at least 1".into(),
-                ));
-            }
-            if hc.interval.get().is_zero() {
-                errors.push(("health_check.interval".into(), "must be above 0".into()));
-            }
-            if let Some(h) = &hc.host {
-                if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
-                    errors.push((
-                        "health_check.host".into(),
-                        "not a valid Host header value".into(),
-                    ));
-                }
-            }
-            if hc.path.parse::<http::uri::PathAndQuery>().is_err() {
-                errors.push((
-                    "health_check.path".into(),
-                    "not a valid request path".into(),
-                ));
-            }
-            if !hc.path.starts_with('/') {
-                errors.push(("health_check.path".into(), "must start with `/`".into()));
-            }
-        }
-        let cb = &cfg.circuit_breaker;
-        if cb.failure_threshold == 0 {
-            errors.push((
-                "circuit_breaker.failure_threshold".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if cb.half_open_probes == 0 {
-            errors.push((
-                "circuit_breaker.half_open_probes".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if cb.failure_ratio.is_some_and(|r| !(r > 0.0 && r <= 1.0)) {
-            errors.push((
-                "circuit_breaker.failure_ratio".into(),
-                "must be in (0, 1]".into(),
-            ));
-        }
-        if cb.max_ejection_percent > 100 {
-            errors.push((
-                "circuit_breaker.max_ejection_percent".into(),
-                "must be 0..100".into(),
-            ));
-        }
-        if cb.open_for.get().is_zero() || cb.max_open_for < cb.open_for {
-            errors.push((
-                "circuit_breaker.open_for".into(),
-                "must be above 0 and at most max_open_for".into(),
-            ));
-        }
-        if let Some(bad) = cb
-            .failure_statuses
-            .iter()
-            .find(|s| !(100..=599).contains(*s))
-        {
-            errors.push((
-                "circuit_breaker.failure_statuses".into(),
-                format!("`{bad}` is not an HTTP status"),
-            ));
-        }
-        let rt = &cfg.retry;
-        if !(rt.budget > 0.0 && rt.budget <= 1.0) {
-            errors.push(("retry.budget".into(), "must be a fraction in (0, 1]".into()));
-        }
-        if rt.attempts > 10 {
-            errors.push(("retry.attempts".into(), "at most 10 retries".into()));
-        }
-        if rt.max_backoff < rt.backoff {
-            errors.push((
-                "retry.max_backoff".into(),
-                "must be at least `backoff`".into(),
-            ));
-        }
-        let t = &cfg.timeouts;
-        for (k, v) in [
-            ("connect", t.connect),
-            ("read", t.read),
-            ("total", t.total),
-            ("websocket_idle", t.websocket_idle),
-        ] {
-            if v.get().is_zero() {
-                errors.push((format!("timeouts.{k}"), "must be above 0".into()));
-            }
-        }
-        let profile = peer_profile(name, cfg, &mut errors);
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-
+    /// Compile `cfg` into a pool (problems reported relative to the upstream's block).
+    pub fn build(name: &str, cfg: &UpstreamConfig, p: &mut Problems) -> Option<Upstream> {
+        let compile::Checked {
+            configured,
+            hash_key,
+            profile,
+        } = compile::check(name, cfg, p)?;
         let has_names = configured
             .iter()
             .any(|(s, _)| matches!(s, AddrSpec::Name { .. }));
@@ -457,7 +127,7 @@ impl Upstream {
         let new_backends = || {
             let mut b = Backends::new(Box::new(MembershipDiscovery(membership.clone())));
             if let Some(hc) = &cfg.health_check {
-                b.set_health_check(health_check(hc, cfg, &profile));
+                b.set_health_check(compile::health_check(hc, cfg, &profile));
             }
             b
         };
@@ -502,8 +172,10 @@ impl Upstream {
         };
         up.sync_states();
         // Static discovery never blocks: apply the initial membership synchronously.
-        futures_now(up.apply_membership());
-        Ok(up)
+        if up.apply_membership().now_or_never().is_none() {
+            log::warn!("upstream `{name}`: the initial membership update did not complete at once");
+        }
+        Some(up)
     }
 
     /// The upstream's `ca_file` no longer holds what was loaded (a reload rebuilds it).
@@ -639,173 +311,6 @@ impl Upstream {
         self.states.load().get(addr).cloned()
     }
 
-    /// Pick a healthy backend whose circuit admits traffic, preferring ones not in
-    /// `tried` (falling back to a tried one only when `allow_tried`). `key` feeds
-    /// consistent hashing.
-    pub fn select(
-        &self,
-        key: &[u8],
-        tried: &[SocketAddr],
-        allow_tried: bool,
-    ) -> Result<Selected, NoBackend> {
-        let now = now_ms();
-        let states = self.states.load();
-        let mut skip: Vec<SocketAddr> = Vec::new();
-        let mut exclude_tried = true;
-        for _ in 0..8 {
-            let chosen = self.pick(key, &states, now, |a| {
-                !(skip.contains(a) || exclude_tried && tried.contains(a))
-            });
-            let Some((addr, past_breaker)) = chosen else {
-                if exclude_tried && allow_tried && !tried.is_empty() {
-                    exclude_tried = false;
-                    continue;
-                }
-                return Err(self.why_none(&states, now, tried));
-            };
-            let state = match states.get(&addr) {
-                Some(s) => s.clone(),
-                // membership changed between the selector and the state map
-                None => Arc::new(BackendState::new(
-                    &self.name,
-                    addr,
-                    self.membership.host_of(&addr),
-                    &self.profile,
-                    &self.breaker_policy,
-                )),
-            };
-            if past_breaker {
-                // chosen despite its open breaker (see `pick`): no probe accounting
-                return Ok(Selected {
-                    state,
-                    probe: false,
-                });
-            }
-            match state.breaker.admit(&self.breaker_policy, now, &state.label) {
-                Admit::Yes => {
-                    return Ok(Selected {
-                        state,
-                        probe: false,
-                    })
-                }
-                Admit::Probe => return Ok(Selected { state, probe: true }),
-                Admit::No => skip.push(addr),
-            }
-        }
-        Err(self.why_none(&states, now, tried))
-    }
-
-    /// One pass of the load-balancing algorithm over healthy, admissible backends; `true`
-    /// with the address when it was chosen past its open breaker.
-    fn pick<F: Fn(&SocketAddr) -> bool>(
-        &self,
-        key: &[u8],
-        states: &AHashMap<SocketAddr, Arc<BackendState>>,
-        now: u64,
-        extra: F,
-    ) -> Option<(SocketAddr, bool)> {
-        let policy = &self.breaker_policy;
-        let usable = |b: &Backend, healthy: bool| -> Option<SocketAddr> {
-            if !healthy {
-                return None;
-            }
-            let a = inet(b)?;
-            extra(&a).then_some(a)
-        };
-        // an open circuit takes the backend out of rotation until it may half-open
-        let closed = |a: &SocketAddr| {
-            states.get(a).is_none_or(|s| {
-                !policy.enabled
-                    || s.breaker.state() == breaker::CLOSED
-                    || s.breaker.ms_until_half_open(now) == 0
-            })
-        };
-        if let Some(a) =
-            self.select_by(key, states, |b, h| usable(b, h).is_some_and(|a| closed(&a)))
-        {
-            return Some((a, false));
-        }
-        // The ejection cap counts every backend out of rotation, not only the breakers':
-        // when health checks took out the others, a backend whose breaker is open but which
-        // passes its health check is the best there is (and a recovered one closes its
-        // breaker with the first successes) — rather than a 503 while it answers.
-        let be = self.backends();
-        let health_down = self.membership.current().iter().any(|b| !be.ready(b));
-        if health_down {
-            return self
-                .select_by(key, states, |b, h| usable(b, h).is_some())
-                .map(|a| (a, true));
-        }
-        None
-    }
-
-    fn select_by<A: Fn(&Backend, bool) -> bool>(
-        &self,
-        key: &[u8],
-        states: &AHashMap<SocketAddr, Arc<BackendState>>,
-        accept: A,
-    ) -> Option<SocketAddr> {
-        let chosen = match &self.selector {
-            Selector::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, &accept),
-            Selector::Random(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, &accept),
-            Selector::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, &accept),
-            Selector::LeastRequest(lb) => {
-                let a = lb.select_with(key, MAX_SELECT_ITERATIONS, &accept)?;
-                match lb.select_with(key, MAX_SELECT_ITERATIONS, &accept) {
-                    Some(b) if b != a => {
-                        let load = |x: &Backend| {
-                            let n = inet(x)
-                                .and_then(|ad| states.get(&ad))
-                                .map(|s| s.in_flight.load(Ordering::Relaxed))
-                                .unwrap_or(0);
-                            (n as f64 + 1.0) / x.weight.max(1) as f64
-                        };
-                        if load(&b) < load(&a) {
-                            Some(b)
-                        } else {
-                            Some(a)
-                        }
-                    }
-                    _ => Some(a),
-                }
-            }
-        }?;
-        inet(&chosen)
-    }
-
-    fn why_none(
-        &self,
-        states: &AHashMap<SocketAddr, Arc<BackendState>>,
-        now: u64,
-        tried: &[SocketAddr],
-    ) -> NoBackend {
-        let be = self.backends();
-        let current = self.membership.current();
-        let mut healthy = 0usize;
-        let mut open_wait: Option<u64> = None;
-        for b in current.iter() {
-            if !be.ready(b) {
-                continue;
-            }
-            healthy += 1;
-            if let Some(s) = inet(b).and_then(|a| states.get(&a)) {
-                if s.breaker.state() != breaker::CLOSED {
-                    let w = s.breaker.ms_until_half_open(now).max(1);
-                    open_wait = Some(open_wait.map_or(w, |x: u64| x.min(w)));
-                }
-            }
-        }
-        if healthy == 0 {
-            NoBackend::NoneHealthy
-        } else if !tried.is_empty() {
-            NoBackend::Exhausted
-        } else if let Some(w) = open_wait {
-            NoBackend::CircuitOpen(w)
-        } else {
-            NoBackend::NoneHealthy
-        }
-    }
-
     fn ms_since_epoch(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.epoch).as_millis() as u64
     }
@@ -880,142 +385,4 @@ fn inet(b: &Backend) -> Option<SocketAddr> {
         PSocketAddr::Inet(a) => Some(*a),
         _ => None,
     }
-}
-
-/// Compile (and check) how backends are connected to.
-fn peer_profile(name: &str, cfg: &UpstreamConfig, errors: &mut UpstreamErrors) -> PeerProfile {
-    if cfg.tls {
-        if cfg.sni.as_deref().is_some_and(|s| {
-            s.is_empty() || rustls::pki_types::ServerName::try_from(s.to_string()).is_err()
-        }) {
-            errors.push(("sni".into(), "must be a host name or an IP address".into()));
-        }
-        if !cfg.verify {
-            log::warn!("upstream `{name}`: `verify: false`, backend certificates are not checked");
-        }
-    } else {
-        for (key, set) in [
-            ("sni", cfg.sni.is_some()),
-            ("verify", !cfg.verify),
-            ("ca_file", cfg.ca_file.is_some()),
-        ] {
-            if set {
-                errors.push((key.into(), "only applies with `tls: true`".into()));
-            }
-        }
-    }
-    let ca = match &cfg.ca_file {
-        Some(path) if cfg.tls => match crate::tls::load_ca_file(path) {
-            Ok(ca) => Some(ca),
-            Err(e) => {
-                errors.push(("ca_file".into(), e));
-                None
-            }
-        },
-        _ => None,
-    };
-    PeerProfile {
-        timeouts: cfg.timeouts.clone(),
-        tls: cfg.tls,
-        sni: cfg.sni.clone(),
-        verify: cfg.verify,
-        ca,
-        protocol: cfg.protocol,
-    }
-}
-
-/// SNI of TLS health checks: `sni`, else the check's `host`, else the first backend's host.
-fn health_check_sni(hc: &crate::config::HealthCheckConfig, cfg: &UpstreamConfig) -> String {
-    if let Some(s) = cfg.sni.clone().or_else(|| hc.host.clone()) {
-        return s;
-    }
-    let first = cfg
-        .backends
-        .first()
-        .map(|b| b.addr.as_str())
-        .or(cfg.discovery.as_ref().map(|d| d.dns.as_str()));
-    match first.map(AddrSpec::parse) {
-        Some(Ok(AddrSpec::Ip(a))) => a.ip().to_string(),
-        Some(Ok(AddrSpec::Name { host, .. })) => host,
-        _ => "localhost".to_string(),
-    }
-}
-
-fn health_check(
-    hc: &crate::config::HealthCheckConfig,
-    cfg: &UpstreamConfig,
-    profile: &PeerProfile,
-) -> Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync> {
-    let tls_options = |o: &mut pingora_core::upstreams::peer::PeerOptions| {
-        o.verify_cert = profile.verify;
-        o.verify_hostname = profile.verify;
-        o.ca = profile.ca.as_ref().map(|(ca, _)| ca.clone());
-    };
-    match hc.kind {
-        HealthCheckKind::Tcp => {
-            let mut c = if profile.tls {
-                let mut c = TcpHealthCheck::new_tls(&health_check_sni(hc, cfg));
-                tls_options(&mut c.peer_template.options);
-                c
-            } else {
-                TcpHealthCheck::new()
-            };
-            c.consecutive_success = hc.healthy_threshold as usize;
-            c.consecutive_failure = hc.unhealthy_threshold as usize;
-            c.peer_template.options.connection_timeout = Some(hc.timeout.get());
-            c
-        }
-        HealthCheckKind::Http => {
-            let host = hc.host.clone().unwrap_or_else(|| "localhost".to_string());
-            let mut c = HttpHealthCheck::new(&host, profile.tls);
-            if profile.tls {
-                c.peer_template.sni = health_check_sni(hc, cfg);
-                tls_options(&mut c.peer_template.options);
-            }
-            if profile.protocol == UpstreamProtocol::H2 {
-                c.peer_template.options.set_http_version(2, 2);
-            }
-            c.consecutive_success = hc.healthy_threshold as usize;
-            c.consecutive_failure = hc.unhealthy_threshold as usize;
-            c.peer_template.options.connection_timeout = Some(hc.timeout.get());
-            c.peer_template.options.read_timeout = Some(hc.timeout.get());
-            if let Ok(mut req) = pingora_http::RequestHeader::build("GET", hc.path.as_bytes(), None)
-            {
-                let _ = req.append_header("Host", host.as_str());
-                let _ = req.append_header("User-Agent", "portcullis-health-check");
-                c.req = req;
-            }
-            let expect = hc.expect_status.clone();
-            c.validator = Some(Box::new(move |resp| {
-                let s = resp.status.as_u16();
-                let ok = if expect.is_empty() {
-                    (200..300).contains(&s)
-                } else {
-                    expect.contains(&s)
-                };
-                if ok {
-                    Ok(())
-                } else {
-                    pingora_error::Error::e_explain(
-                        pingora_error::ErrorType::CustomCode("unexpected health check status", s),
-                        "during http health check",
-                    )
-                }
-            }));
-            Box::new(c)
-        }
-    }
-}
-
-/// Drive a future that never waits (static discovery) to completion without a runtime.
-fn futures_now<F: std::future::Future<Output = ()>>(f: F) {
-    use std::task::{Context, Poll, Waker};
-    let mut f = std::pin::pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    for _ in 0..16 {
-        if let Poll::Ready(()) = f.as_mut().poll(&mut cx) {
-            return;
-        }
-    }
-    log::warn!("initial membership update did not complete synchronously");
 }
