@@ -259,8 +259,8 @@ impl Upstream {
             .unwrap_or(1)
     }
 
-    /// Every backend in rotation: address, weight, healthy, state.
-    pub fn backend_status(&self) -> Vec<(SocketAddr, usize, bool, Option<Arc<BackendState>>)> {
+    /// Every backend in rotation, as the admin API and the state gauges show it.
+    pub fn backend_status(&self) -> Vec<BackendStatus> {
         let states = self.states.load();
         let be = self.backends();
         self.membership
@@ -268,7 +268,12 @@ impl Upstream {
             .iter()
             .filter_map(|b| {
                 let a = inet(b)?;
-                Some((a, b.weight, be.ready(b), states.get(&a).cloned()))
+                Some(BackendStatus {
+                    addr: a,
+                    weight: b.weight,
+                    healthy: be.ready(b),
+                    state: states.get(&a).cloned(),
+                })
             })
             .collect()
     }
@@ -378,6 +383,16 @@ impl Upstream {
             }
         }
     }
+}
+
+/// One backend in rotation (see [`Upstream::backend_status`]).
+pub struct BackendStatus {
+    pub addr: SocketAddr,
+    pub weight: usize,
+    /// Passes its health check (always, without one).
+    pub healthy: bool,
+    /// Breaker and counters; `None` for an address that joined since the last state sync.
+    pub state: Option<Arc<BackendState>>,
 }
 
 fn inet(b: &Backend) -> Option<SocketAddr> {
