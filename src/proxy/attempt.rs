@@ -335,3 +335,164 @@ pub fn after_proxy_error(session: &Session, ctx: &mut Ctx, e: &Error, client_reu
         None => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::ctx::tests::snapshot_with;
+
+    /// A request's attempts bound to the upstream of a one-route snapshot whose upstream is
+    /// `name` (distinct per test: the retry counters are process-wide series) with `retry`.
+    fn bound(name: &str, retry: &str) -> (Attempts, Arc<Upstream>) {
+        let snap = snapshot_with(name, retry);
+        let u = snap.routes[0].target.pick(0).clone();
+        let mut a = Attempts::default();
+        a.bind(u.clone(), Instant::now());
+        (a, u)
+    }
+
+    fn backend(u: &Upstream) -> Arc<BackendState> {
+        match u.select(b"", &[], false) {
+            Ok(s) => s.state,
+            Err(e) => panic!("no backend: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn binding_sets_the_deadline_from_the_request_start() {
+        let (a, u) = bound("bind", "{ attempts: 1 }");
+        let total = u.config.timeouts.total.get();
+        let now = Instant::now();
+        assert!(a.remaining(now, Duration::ZERO) <= total);
+        assert!(!a.expired(now));
+        assert!(a.expired(now + total + Duration::from_millis(1)));
+        // no deadline before an upstream is chosen: the fallback applies
+        let fresh = Attempts::default();
+        assert_eq!(
+            fresh.remaining(now, Duration::from_secs(3)),
+            Duration::from_secs(3)
+        );
+        assert!(!fresh.expired(now));
+    }
+
+    #[test]
+    fn an_attempt_tells_its_breaker_once() {
+        let (mut a, u) = bound("breaker", "{ attempts: 1 }");
+        let b = backend(&u);
+        let (fail0, ok0) = (b.metrics.failure.get(), b.metrics.success.get());
+        a.start(b.clone());
+        assert_eq!(a.tried, vec![b.addr]);
+        a.record(true);
+        // the same failure seen by a second phase is not a second failure
+        a.record(true);
+        a.record(false);
+        assert_eq!(b.metrics.failure.get(), fail0 + 1);
+        assert_eq!(b.metrics.success.get(), ok0);
+        // the next attempt is recorded again
+        a.start(b.clone());
+        a.record(false);
+        assert_eq!(b.metrics.success.get(), ok0 + 1);
+        assert_eq!(a.tried, vec![b.addr, b.addr]);
+    }
+
+    #[test]
+    fn retries_are_counted_up_to_the_policy_and_wait_their_backoff() {
+        let (mut a, u) = bound(
+            "retries",
+            "{ attempts: 2, backoff: 1ms, on: [connect_error, 503] }",
+        );
+        let counted = u.metrics.retry_counter(Failure::ConnectError).get();
+        let now = Instant::now();
+        assert!(a.retried(Failure::ConnectError, now));
+        assert_eq!(a.retries, 1);
+        assert!(a.take_backoff().is_some());
+        assert!(a.take_backoff().is_none(), "waited once");
+        assert!(a.retried(Failure::Status(503), now));
+        assert_eq!(a.retries, 2);
+        // the policy's attempts are spent
+        assert!(!a.retried(Failure::ConnectError, now));
+        assert_eq!(a.retries, 2);
+        assert_eq!(
+            u.metrics.retry_counter(Failure::ConnectError).get(),
+            counted + 1
+        );
+        assert_eq!(u.metrics.retry_counter(Failure::Status(503)).get(), 1);
+        assert!(!a.budget_exhausted());
+    }
+
+    #[test]
+    fn a_retry_needs_a_retried_kind_of_failure_and_time_left() {
+        let (mut a, _u) = bound("kinds", "{ attempts: 3, on: [connect_error] }");
+        let now = Instant::now();
+        assert!(!a.retried(Failure::Timeout, now));
+        assert!(!a.retried(Failure::Status(503), now));
+        let late = a.deadline.expect("bound") + Duration::from_millis(1);
+        assert!(!a.retried(Failure::ConnectError, late));
+        assert_eq!(a.retries, 0);
+        // without an upstream there is nothing to retry on
+        assert!(!Attempts::default().retried(Failure::ConnectError, now));
+    }
+
+    #[test]
+    fn a_spent_budget_refuses_the_retry() {
+        let (mut a, _u) = bound(
+            "budget",
+            "{ attempts: 3, on: [connect_error], budget: 0.01, budget_min: 0 }",
+        );
+        assert!(!a.retried(Failure::ConnectError, Instant::now()));
+        assert!(a.budget_exhausted());
+        assert_eq!(a.retries, 0);
+        assert!(a.take_backoff().is_none());
+    }
+
+    #[test]
+    fn the_last_failure_is_kept_only_when_told() {
+        let (mut a, _u) = bound("last", "{ attempts: 2, on: [timeout] }");
+        assert!(a.retried(Failure::Timeout, Instant::now()));
+        // granting a retry is accounting; the failure is the caller's to keep
+        assert_eq!(a.last_failure(), None);
+        a.failed(Failure::Timeout);
+        a.failed(Failure::Reset);
+        assert_eq!(a.last_failure(), Some(Failure::Reset));
+    }
+
+    #[test]
+    fn a_status_retry_is_marked_once() {
+        let mut a = Attempts::default();
+        a.retry_on_status(503);
+        assert!(!a.take_retry_status(502));
+        // a mismatch consumes the mark too: it belonged to that one error
+        assert!(!a.take_retry_status(503));
+        a.retry_on_status(503);
+        assert!(a.take_retry_status(503));
+        assert!(!a.take_retry_status(503));
+    }
+
+    #[test]
+    fn a_stale_connection_resend_counts_for_nothing() {
+        let (mut a, u) = bound("stale", "{ attempts: 0 }");
+        let b = backend(&u);
+        let fail0 = b.metrics.failure.get();
+        a.start(b.clone());
+        a.resend_fresh();
+        assert!(a.stale_retried());
+        // the backend may be chosen again, and the breaker does not hear of it
+        assert!(a.tried.is_empty());
+        a.record(true);
+        assert_eq!(b.metrics.failure.get(), fail0);
+        assert_eq!(a.retries, 0);
+        // the fresh connection is for the next attempt only
+        assert!(a.wants_fresh_connection());
+        assert!(a.take_fresh_connection());
+        assert!(!a.take_fresh_connection());
+    }
+
+    #[test]
+    fn the_answer_time_is_from_the_attempts_start() {
+        let (mut a, u) = bound("timing", "{ attempts: 0 }");
+        assert!(a.answered().is_none(), "no attempt started");
+        a.start(backend(&u));
+        assert!(a.answered().is_some());
+        assert!(a.upstream_us.is_some());
+    }
+}

@@ -183,11 +183,11 @@ impl Ctx {
 pub(crate) mod tests {
     use super::*;
 
-    /// A snapshot with one route `api` on `/api` to the upstream `app` (one backend),
-    /// whose retry settings are `retry` (YAML flow mapping).
-    pub(crate) fn snapshot_with(retry: &str) -> Arc<Snapshot> {
+    /// A snapshot with one route `api` on `/api` to the upstream `upstream` (one
+    /// backend), whose retry settings are `retry` (YAML flow mapping).
+    pub(crate) fn snapshot_with(upstream: &str, retry: &str) -> Arc<Snapshot> {
         let yaml = format!(
-            "upstreams:\n  app: {{ backends: [\"127.0.0.1:9\"], retry: {retry} }}\nroutes:\n  - {{ name: api, match: {{ path: /api }}, upstream: app }}\n"
+            "upstreams:\n  {upstream}: {{ backends: [{{ addr: \"127.0.0.1:9\" }}], retry: {retry} }}\nroutes:\n  - {{ name: api, match: {{ path: /api }}, upstream: {upstream} }}\n"
         );
         let src = crate::config::parse_str("ctx-test.yaml", &yaml).expect("config");
         match crate::snapshot::build(&src, None, 1) {
@@ -197,7 +197,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn snapshot() -> Arc<Snapshot> {
-        snapshot_with("{ attempts: 2 }")
+        snapshot_with("app", "{ attempts: 2 }")
     }
 
     #[test]
