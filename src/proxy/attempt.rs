@@ -11,8 +11,7 @@
 
 use super::ctx::Ctx;
 use crate::upstream::retry::Failure;
-use crate::upstream::BackendState;
-use crate::upstream::{InFlight, Upstream};
+use crate::upstream::{BackendState, InFlight, Upstream};
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_proxy::Session;
 use std::net::SocketAddr;
