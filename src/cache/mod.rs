@@ -129,7 +129,7 @@ impl CacheStatus {
 }
 
 /// Per-request cache state carried in the proxy context (what `X-Cache` reported is in
-/// `Ctx::cache_status`, for the access log).
+/// `Outcome::cache_status` of the proxy context, for the access log).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CacheCtx {
     /// The route caches: its responses carry `X-Cache`.

@@ -63,10 +63,18 @@ macro_rules! with_lb {
 /// Pre-resolved metric handles of one upstream.
 pub struct UpstreamMetrics {
     pub duration: prometheus::Histogram,
-    /// By `retry::Failure::index()`.
-    pub retries: [prometheus::IntCounter; 4],
+    retries: RetryCounters,
     /// Requests resent because a pooled connection turned out closed.
     pub stale_connection_retries: prometheus::IntCounter,
+}
+
+/// `portcullis_upstream_retries_total{upstream, reason}`: one series per kind of failure
+/// that led to a retry, resolved once per upstream so a retry does no label lookup.
+struct RetryCounters {
+    connect_error: prometheus::IntCounter,
+    timeout: prometheus::IntCounter,
+    reset: prometheus::IntCounter,
+    status: prometheus::IntCounter,
 }
 
 impl UpstreamMetrics {
@@ -75,8 +83,23 @@ impl UpstreamMetrics {
         let r = |reason: &str| METRICS.retries.with_label_values(&[name, reason]);
         UpstreamMetrics {
             duration: METRICS.upstream_duration.with_label_values(&[name]),
-            retries: [r("connect_error"), r("timeout"), r("reset"), r("status")],
+            retries: RetryCounters {
+                connect_error: r("connect_error"),
+                timeout: r("timeout"),
+                reset: r("reset"),
+                status: r("status"),
+            },
             stale_connection_retries: METRICS.stale_connection_retries.with_label_values(&[name]),
+        }
+    }
+
+    /// The counter of retries made after `failure`.
+    pub fn retry_counter(&self, failure: retry::Failure) -> &prometheus::IntCounter {
+        match failure {
+            retry::Failure::ConnectError => &self.retries.connect_error,
+            retry::Failure::Timeout => &self.retries.timeout,
+            retry::Failure::Reset => &self.retries.reset,
+            retry::Failure::Status(_) => &self.retries.status,
         }
     }
 }
