@@ -42,6 +42,7 @@ lint:
 
 bench: deps
 	$(CARGO) bench --bench hot_paths
+	$(CARGO) bench --bench cache_store
 	./load-tests/bench.sh
 
 load-test: build

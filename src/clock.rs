@@ -1,9 +1,9 @@
 //! A cheap process-wide monotonic clock in milliseconds, for lock-free state in atomics.
 
-use once_cell::sync::Lazy;
+use std::sync::LazyLock;
 use std::time::Instant;
 
-static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// Milliseconds since the first call in this process (monotonic).
 pub fn now_ms() -> u64 {

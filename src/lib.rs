@@ -1,7 +1,9 @@
 //! Portcullis: an edge proxy and API gateway on Cloudflare's Pingora.
 //!
-//! Data flows one way: config file → model → validation → compiled [`snapshot::Snapshot`]
-//! → request path ([`proxy::Gateway`]).
+//! Data flows one way: config file → model ([`config`]) → compile ([`snapshot::build`]) →
+//! [`snapshot::Snapshot`] → request path ([`proxy::Gateway`]). ARCHITECTURE.md at the top
+//! of the repository draws the layers and says which module owns what.
+#![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -21,6 +23,7 @@ pub mod net;
 pub mod observe;
 pub mod proxy;
 pub mod ratelimit;
+pub mod redis_link;
 pub mod reject;
 pub mod routing;
 pub mod runtime;

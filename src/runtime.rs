@@ -21,7 +21,7 @@ pub struct Runtime {
     /// `None` until the first reload.
     pub last_reload: parking_lot::Mutex<Option<LastReload>>,
     /// This instance's place in a fleet (`cluster`); inert without one.
-    pub fleet: crate::cluster::Fleet,
+    pub fleet: Arc<crate::cluster::Fleet>,
 }
 
 #[derive(Debug)]
@@ -53,7 +53,7 @@ impl Runtime {
         if let Some(set) = &snap.tls {
             certs.store(set.clone());
         }
-        let fleet = crate::cluster::Fleet::new();
+        let fleet = Arc::new(crate::cluster::Fleet::new());
         fleet.configure(&snap);
         Ok(Arc::new(Runtime {
             snapshot: ArcSwap::from_pointee(snap),
@@ -164,6 +164,19 @@ impl Runtime {
             routes,
             millis,
             warnings,
+        })
+    }
+}
+
+impl crate::cluster::Host for Runtime {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Runtime::snapshot(self)
+    }
+
+    fn last_reload(&self) -> Option<serde_json::Value> {
+        self.last_reload.lock().clone().map(|r| {
+            serde_json::json!({ "at_unix": r.at_unix, "ok": r.ok, "generation": r.generation,
+                                "errors": r.errors.iter().take(5).collect::<Vec<_>>() })
         })
     }
 }

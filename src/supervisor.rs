@@ -48,7 +48,10 @@ impl BackgroundService for Supervisor {
             rt.snapshot().config.access_log.clone()
         }));
         self.start_trace_exporter();
-        tokio::spawn(crate::cluster::run(self.runtime.clone()));
+        tokio::spawn(crate::cluster::run(
+            self.runtime.fleet.clone(),
+            self.runtime.clone(),
+        ));
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {

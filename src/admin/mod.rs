@@ -141,7 +141,8 @@ impl AdminApp {
                 let backends: Vec<Value> = u
                     .backend_status()
                     .into_iter()
-                    .map(|(addr, weight, healthy, st)| {
+                    .map(|b| {
+                        let (addr, weight, healthy, st) = (b.addr, b.weight, b.healthy, b.state);
                         json!({
                             "addr": addr.to_string(),
                             "weight": weight,
@@ -213,8 +214,9 @@ impl AdminApp {
         METRICS.circuit_state.reset();
         METRICS.backend_healthy.reset();
         for (name, u) in &snap.upstreams {
-            for (addr, _, healthy, st) in u.backend_status() {
-                let a = addr.to_string();
+            for b in u.backend_status() {
+                let (healthy, st) = (b.healthy, b.state);
+                let a = b.addr.to_string();
                 METRICS
                     .backend_healthy
                     .with_label_values(&[name, &a])
@@ -566,7 +568,7 @@ impl AdminApp {
             },
             (&Method::POST, "/admin/revocations") => self.revoke(session).await,
             (&Method::POST, "/admin/cache/purge") => self.purge_cache(session).await,
-            (&Method::GET, "/admin/cluster") => match self.runtime.fleet.status(&self.runtime) {
+            (&Method::GET, "/admin/cluster") => match self.runtime.fleet.status(&*self.runtime) {
                 Some(v) => reply(StatusCode::OK, v),
                 None => error(
                     StatusCode::NOT_FOUND,

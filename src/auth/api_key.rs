@@ -27,13 +27,13 @@ fn parse_expiry(v: &serde_yaml::Value) -> Result<u64, String> {
         serde_yaml::Value::Number(n) => {
             n.as_u64().ok_or_else(|| "must be unix seconds".to_string())
         }
-        serde_yaml::Value::String(s) => httpdate_like(s),
+        serde_yaml::Value::String(s) => rfc3339_seconds(s),
         _ => Err("must be unix seconds or an RFC 3339 time".into()),
     }
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` (UTC) or `YYYY-MM-DD`.
-fn httpdate_like(s: &str) -> Result<u64, String> {
+fn rfc3339_seconds(s: &str) -> Result<u64, String> {
     let err = || format!("`{s}` is not an RFC 3339 UTC time such as 2027-01-31T00:00:00Z");
     let (date, time) = match s.split_once('T') {
         Some((d, t)) => (d, t.trim_end_matches('Z')),
@@ -205,10 +205,10 @@ mod tests {
 
     #[test]
     fn expiry_formats() {
-        assert_eq!(httpdate_like("1970-01-02T00:00:00Z").unwrap(), 86_400);
-        assert_eq!(httpdate_like("2000-03-01").unwrap(), 951_868_800);
-        assert!(httpdate_like("2000-13-01").is_err());
-        assert!(httpdate_like("soon").is_err());
+        assert_eq!(rfc3339_seconds("1970-01-02T00:00:00Z").unwrap(), 86_400);
+        assert_eq!(rfc3339_seconds("2000-03-01").unwrap(), 951_868_800);
+        assert!(rfc3339_seconds("2000-13-01").is_err());
+        assert!(rfc3339_seconds("soon").is_err());
     }
 
     #[test]

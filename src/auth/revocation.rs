@@ -2,16 +2,16 @@
 //! survives config reloads; read lock-free on the request path (copy on write).
 
 use arc_swap::ArcSwap;
-use once_cell::sync::Lazy;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::LazyLock;
 
 pub struct Revocations {
     map: ArcSwap<HashMap<String, u64>>,
     write: std::sync::Mutex<()>,
 }
 
-pub static REVOCATIONS: Lazy<Revocations> = Lazy::new(|| Revocations {
+pub static REVOCATIONS: LazyLock<Revocations> = LazyLock::new(|| Revocations {
     map: ArcSwap::from_pointee(HashMap::new()),
     write: std::sync::Mutex::new(()),
 });

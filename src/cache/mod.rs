@@ -24,13 +24,13 @@ pub use storage::MemoryStorage;
 
 use crate::config::CacheConfig;
 use http::header::AGE;
-use once_cell::sync::{Lazy, OnceCell};
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::predictor::Predictor;
 use pingora_cache::{CacheOptionOverrides, CachePhase, ForcedFreshness, HttpCache};
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 /// Sizes fixed at start-up (see [`init`]).
@@ -56,7 +56,7 @@ impl Settings {
     }
 }
 
-static SETTINGS: OnceCell<Settings> = OnceCell::new();
+static SETTINGS: OnceLock<Settings> = OnceLock::new();
 
 fn settings() -> &'static Settings {
     SETTINGS.get_or_init(|| Settings::from_config(&CacheConfig::default()))
@@ -67,23 +67,24 @@ fn settings() -> &'static Settings {
 // construction), so `cache.max_size`, `cache.max_object_size` and the lock's age timeout take
 // effect at the next restart or graceful upgrade. The lock's *wait* timeout is per request and
 // follows reloads.
-static STORAGE: Lazy<MemoryStorage> = Lazy::new(|| {
+static STORAGE: LazyLock<MemoryStorage> = LazyLock::new(|| {
     let s = settings();
     MemoryStorage::with_max_object_bytes(s.max_bytes, s.max_object_bytes)
 });
-static LOCK: Lazy<Box<CacheKeyLockImpl>> = Lazy::new(|| CacheLock::new_boxed(settings().lock_age));
+static LOCK: LazyLock<Box<CacheKeyLockImpl>> =
+    LazyLock::new(|| CacheLock::new_boxed(settings().lock_age));
 /// Keys whose last response was uncacheable skip the lock (and the lookup) until a response
 /// becomes cacheable again: 16 shards × 1024 keys.
-static PREDICTOR: Lazy<Predictor<16>> =
-    Lazy::new(|| Predictor::new(1024, Some(policy::transient_reason)));
+static PREDICTOR: LazyLock<Predictor<16>> =
+    LazyLock::new(|| Predictor::new(1024, Some(policy::transient_reason)));
 
 /// Size the store from the config. Call once at start-up, before serving; later calls (and
 /// configs loaded by reloads) do not change it. Returns false if it was already sized.
 pub fn init(cfg: &CacheConfig) -> bool {
     let fresh = SETTINGS.set(Settings::from_config(cfg)).is_ok();
-    Lazy::force(&STORAGE);
-    Lazy::force(&LOCK);
-    Lazy::force(&PREDICTOR);
+    LazyLock::force(&STORAGE);
+    LazyLock::force(&LOCK);
+    LazyLock::force(&PREDICTOR);
     fresh
 }
 
@@ -128,7 +129,7 @@ impl CacheStatus {
 }
 
 /// Per-request cache state carried in the proxy context (what `X-Cache` reported is in
-/// `Ctx::cache_status`, for the access log).
+/// `Outcome::cache_status` of the proxy context, for the access log).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CacheCtx {
     /// The route caches: its responses carry `X-Cache`.
@@ -175,8 +176,8 @@ impl CacheStats {
             CacheStatus::Stale => &self.stale,
         };
         c.fetch_add(1, Ordering::Relaxed);
-        static PROM: once_cell::sync::Lazy<[prometheus::IntCounter; 4]> =
-            once_cell::sync::Lazy::new(|| {
+        static PROM: std::sync::LazyLock<[prometheus::IntCounter; 4]> =
+            std::sync::LazyLock::new(|| {
                 let m = &crate::observe::metrics::METRICS.cache_requests;
                 ["HIT", "MISS", "BYPASS", "STALE"].map(|r| m.with_label_values(&[r]))
             });

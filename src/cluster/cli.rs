@@ -3,8 +3,8 @@
 //! without the admin token. Run `register` again before the TTL lapses to renew it.
 
 use super::registry::Op;
-use super::{link::Link, Keys};
 use crate::config::RedisEndpoints;
+use crate::redis_link::{Keys, Link};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;

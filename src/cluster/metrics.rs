@@ -1,7 +1,7 @@
 //! The fleet's metrics, in the gateway's registry (exported once a `cluster` is configured).
 
-use once_cell::sync::Lazy;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use std::sync::LazyLock;
 
 pub struct FleetMetrics {
     pub members: IntGauge,
@@ -27,7 +27,7 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(
     m
 }
 
-pub static FLEET_METRICS: Lazy<FleetMetrics> = Lazy::new(|| {
+pub static FLEET_METRICS: LazyLock<FleetMetrics> = LazyLock::new(|| {
     let m = new();
     // every result from the start, at 0, so that rates and alerts have a series
     for r in ["published", "applied", "full"] {

@@ -22,16 +22,17 @@
 //! one round trip per instance per interval; a Redis Cluster gives it failover, not shards.
 
 pub mod cli;
-pub mod link;
 pub mod members;
 pub mod metrics;
 pub mod purge;
 pub mod registry;
+mod round;
 mod value;
 
 use crate::cache::purge::Target;
 use crate::config::FleetConfig;
-use crate::runtime::Runtime;
+use crate::redis_link as link;
+pub use crate::redis_link::Keys;
 use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
 use arc_swap::ArcSwapOption;
@@ -40,7 +41,7 @@ use metrics::FLEET_METRICS;
 use parking_lot::Mutex;
 use purge::StreamId;
 use serde_json::{json, Value};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -49,44 +50,12 @@ use std::time::Duration;
 /// Queued changes written per round (the rest go in the next, immediate, round).
 const MAX_BATCH: usize = 512;
 
-/// The fleet's Redis keys. Every one carries the hash tag `{prefix}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Keys {
-    base: String,
-}
-
-impl Keys {
-    pub fn new(prefix: &str) -> Keys {
-        Keys {
-            base: format!("{{{prefix}}}"),
-        }
-    }
-
-    /// `{prefix}`: what rate-limit, instance and revocation keys start with.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    /// A random value set once (`SET NX`); a different one means Redis lost the data.
-    pub fn epoch(&self) -> String {
-        format!("{}:epoch", self.base)
-    }
-
-    pub fn registry(&self, upstream: &str) -> String {
-        format!("{}:reg:{upstream}", self.base)
-    }
-
-    pub fn purges(&self) -> String {
-        format!("{}:purges", self.base)
-    }
-
-    pub fn members(&self) -> String {
-        format!("{}:members", self.base)
-    }
-
-    pub fn members_seen(&self) -> String {
-        format!("{}:members:seen", self.base)
-    }
+/// What the fleet needs from the process (the runtime implements it): the snapshot being
+/// served and the last reload, for the member card.
+pub trait Host: Send + Sync {
+    fn snapshot(&self) -> Arc<Snapshot>;
+    /// The last reload as JSON (`at_unix`, `ok`, `generation`, `errors`), if any.
+    fn last_reload(&self) -> Option<Value>;
 }
 
 /// A change made here, waiting to be written to Redis.
@@ -228,7 +197,7 @@ impl Fleet {
             }
             _ => Arc::new(Link::for_fleet(c, timeout)),
         };
-        Lazy::force(&FLEET_METRICS);
+        std::sync::LazyLock::force(&FLEET_METRICS);
         log::info!(
             "cluster: instance `{id}`, Redis {} ({}), sync every {} ms",
             c.redis
@@ -357,16 +326,13 @@ impl Fleet {
 
     fn card(
         &self,
-        rt: &Runtime,
+        rt: &dyn Host,
         snap: &Snapshot,
         s: &Settings,
         hash: &str,
         pending: usize,
     ) -> Value {
-        let last_reload = rt.last_reload.lock().clone().map(|r| {
-            json!({ "at_unix": r.at_unix, "ok": r.ok, "generation": r.generation,
-                    "errors": r.errors.iter().take(5).collect::<Vec<_>>() })
-        });
+        let last_reload = rt.last_reload();
         json!({
             "instance_id": s.id,
             "incarnation": self.incarnation,
@@ -383,275 +349,6 @@ impl Fleet {
     }
 
     /// One sync round. `Ok(true)`: more is waiting (run the next round at once).
-    async fn round(&self, rt: &Runtime, s: &Settings) -> Result<bool, LinkError> {
-        // nothing is taken from the queue while no connection can be had
-        s.link.get().await?;
-        let snap = rt.snapshot();
-        let keys = &s.keys;
-        let (batch, cursor, first_contact, hash, left) = {
-            let mut st = self.state.lock();
-            let n = st.pending.len().min(MAX_BATCH);
-            let batch: Vec<Op> = st.pending.drain(..n).collect();
-            let hash = match &st.hash {
-                Some((g, h)) if *g == snap.generation => h.clone(),
-                _ => {
-                    let h = members::config_hash(&snap.config_text);
-                    st.hash = Some((snap.generation, h.clone()));
-                    h
-                }
-            };
-            (batch, st.cursor, st.epoch.is_none(), hash, st.pending.len())
-        };
-        let card = self.card(rt, &snap, s, &hash, left + batch.len());
-        let mut pipe = redis::pipe();
-        // a fresh value each time: a restarted Redis must get an epoch never seen before
-        pipe.cmd("SET")
-            .arg(keys.epoch())
-            .arg(format!("{:016x}", rand::random::<u64>()))
-            .arg("NX")
-            .ignore();
-        pipe.cmd("GET").arg(keys.epoch());
-        for op in &batch {
-            match op {
-                Op::Registry(r) => r.add_to(&mut pipe, &keys.registry(r.upstream()), &s.id),
-                Op::Purge(p) => p.add_to(
-                    &mut pipe,
-                    &keys.purges(),
-                    s.cfg.purge_log,
-                    &self.incarnation,
-                    &s.id,
-                ),
-            }
-        }
-        pipe.cmd("EVAL")
-            .arg(members::ANNOUNCE_SCRIPT)
-            .arg(2)
-            .arg(keys.members())
-            .arg(keys.members_seen())
-            .arg(&s.id)
-            .arg(card.to_string())
-            .arg(s.cfg.member_ttl.get().as_millis() as u64);
-        pipe.cmd("HGETALL").arg(keys.members());
-        pipe.cmd("ZRANGE")
-            .arg(keys.members_seen())
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES");
-        let names: Vec<String> = snap.upstreams.keys().cloned().collect();
-        for n in &names {
-            pipe.cmd("HGETALL").arg(keys.registry(n));
-        }
-        let from = cursor.unwrap_or_default();
-        pipe.cmd("EVAL")
-            .arg(purge::READ_SCRIPT)
-            .arg(1)
-            .arg(keys.purges())
-            .arg(from.to_string())
-            .arg(purge::READ_COUNT);
-        let t0 = unix_ms();
-        let values: Vec<redis::Value> = match s.link.query(&pipe).await {
-            Ok(v) => v,
-            Err(e) => {
-                self.requeue(batch);
-                return Err(e);
-            }
-        };
-        let t1 = unix_ms();
-        FLEET_METRICS
-            .pending
-            .set(self.state.lock().pending.len() as i64);
-        let bad = |what: &str| LinkError::Failed(format!("unexpected reply from Redis ({what})"));
-        let mut it = values.iter();
-        let epoch = it
-            .next()
-            .and_then(value::text)
-            .ok_or_else(|| bad("epoch"))?;
-        let announce = it
-            .next()
-            .and_then(value::items)
-            .ok_or_else(|| bad("announce"))?;
-        let now = announce
-            .first()
-            .and_then(value::int)
-            .ok_or_else(|| bad("time"))?
-            .max(0) as u64;
-        let prev_card = announce.get(1).and_then(value::text);
-        let members_raw = value::pairs(it.next().ok_or_else(|| bad("members"))?);
-        let seen_raw = value::pairs(it.next().ok_or_else(|| bad("members seen"))?);
-        let mut regs = Vec::with_capacity(names.len());
-        for _ in &names {
-            regs.push(registry::parse_hash(value::pairs(
-                it.next().ok_or_else(|| bad("registry"))?,
-            )));
-        }
-        let (maxdel, entries) = it
-            .next()
-            .and_then(purge::parse_read)
-            .ok_or_else(|| bad("purge log"))?;
-
-        // connection state, epoch, clock, members
-        let (reseed, grace) = {
-            let mut st = self.state.lock();
-            st.offset_ms = now as i64 - ((t0 + t1) / 2) as i64;
-            if !st.ever_connected {
-                log::info!(
-                    "cluster: connected to Redis as `{}` ({} queued operations written)",
-                    s.id,
-                    batch.len()
-                );
-            } else if !st.connected {
-                let away = st
-                    .outage_since_unix_ms
-                    .map_or(0, |t| unix_ms().saturating_sub(t));
-                log::info!(
-                    "cluster: Redis reachable again after {:.1} s; {} queued operations written, \
-                     registrations resynchronised",
-                    away as f64 / 1000.0,
-                    batch.len()
-                );
-                st.grace_from = Some(now);
-            }
-            let epoch_changed = st.epoch.as_deref().is_some_and(|e| e != epoch);
-            if epoch_changed {
-                log::warn!(
-                    "cluster: Redis lost the fleet's data (restarted empty or replaced); \
-                     re-publishing this instance's registrations and reading the new purge log \
-                     from its start"
-                );
-                st.grace_from = Some(now);
-                st.cursor = Some(StreamId(0, 0));
-            }
-            if first_contact {
-                // purges made before this process started cannot concern its cache
-                let start = (self.started_unix_ms as i64 + st.offset_ms).max(0) as u64;
-                st.cursor = Some(StreamId(start, 0));
-            }
-            st.epoch = Some(epoch);
-            st.connected = true;
-            st.ever_connected = true;
-            st.outage_since_unix_ms = None;
-            st.last_error = None;
-            st.last_ok_unix_ms = Some(unix_ms());
-            if let Some(prev) = prev_card
-                .as_deref()
-                .and_then(|p| serde_json::from_str::<Value>(p).ok())
-            {
-                let theirs = prev.get("incarnation").and_then(Value::as_str);
-                if st.announced && theirs != Some(self.incarnation.as_str()) && !st.duplicate_id {
-                    st.duplicate_id = true;
-                    log::warn!(
-                        "cluster: another process announces itself as `{}` too: give every \
-                         instance its own cluster.instance_id",
-                        s.id
-                    );
-                }
-            }
-            st.announced = true;
-            let seen: HashMap<String, u64> = seen_raw
-                .into_iter()
-                .filter_map(|(id, score)| Some((id, score.parse::<f64>().ok()? as u64)))
-                .collect();
-            let ttl = s.cfg.member_ttl.get().as_millis() as u64;
-            let mut list: Vec<members::Member> = members_raw
-                .into_iter()
-                .filter_map(|(id, card)| {
-                    let seen_ms = *seen.get(&id)?;
-                    if now.saturating_sub(seen_ms) > ttl {
-                        return None;
-                    }
-                    Some(members::Member {
-                        card: serde_json::from_str(&card).ok()?,
-                        id,
-                        seen_ms,
-                    })
-                })
-                .collect();
-            list.sort_by(|a, b| a.id.cmp(&b.id));
-            FLEET_METRICS.members.set(list.len() as i64);
-            FLEET_METRICS
-                .config_drift
-                .set(members::drift(&list).1 as i64);
-            st.members = list;
-            (epoch_changed, st.grace_from)
-        };
-        FLEET_METRICS.connected.set(1);
-
-        let mut again = left > 0;
-        if reseed {
-            // this round read an empty registry: apply nothing, write back what we knew
-            let mut ops = Vec::new();
-            for (name, up) in &snap.upstreams {
-                for (addr, r) in up.membership.registered() {
-                    ops.push(Op::Registry(registry::Op::Seed {
-                        upstream: name.clone(),
-                        addr,
-                        weight: r.weight,
-                        ttl_ms: r.ttl.map_or(0, |t| t.as_millis() as u64),
-                    }));
-                }
-                for addr in up.membership.disabled() {
-                    ops.push(Op::Registry(registry::Op::SeedDrain {
-                        upstream: name.clone(),
-                        addr,
-                    }));
-                }
-            }
-            self.requeue(ops);
-            again = true;
-        } else {
-            self.apply_registry(&snap, &names, regs, now, grace).await;
-        }
-
-        if !first_contact {
-            let mut cursor = from;
-            if maxdel > from {
-                log::warn!(
-                    "cluster: the purge log was trimmed past this instance's position ({from}); \
-                     purging the whole cache, since what was missed cannot be known"
-                );
-                if let Ok(n) = crate::cache::purge::purge(&Target::All) {
-                    log::info!("cluster: full purge removed {n} entries");
-                }
-                FLEET_METRICS.purges.with_label_values(&["full"]).inc();
-            }
-            for e in &entries {
-                cursor = cursor.max(e.id);
-                if e.origin == self.incarnation {
-                    continue;
-                }
-                match &e.target {
-                    Some(t) => match crate::cache::purge::purge(t) {
-                        Ok(n) => {
-                            FLEET_METRICS.purges.with_label_values(&["applied"]).inc();
-                            log::info!(
-                                "cluster: purge {t:?} from `{}`: {n} entries removed",
-                                e.instance
-                            );
-                        }
-                        Err(err) => log::warn!(
-                            "cluster: purge {t:?} from `{}` not applied: {err}",
-                            e.instance
-                        ),
-                    },
-                    None => log::warn!(
-                        "cluster: purge-log entry {} from `{}` is unreadable; skipped",
-                        e.id,
-                        e.instance
-                    ),
-                }
-            }
-            if entries.len() >= purge::READ_COUNT {
-                again = true;
-            }
-            let mut st = self.state.lock();
-            // a reseed in this round reset the cursor to read the new log from its start
-            if !reseed {
-                st.cursor = Some(cursor);
-            }
-        }
-        Ok(again)
-    }
-
     async fn apply_registry(
         &self,
         snap: &Snapshot,
@@ -728,7 +425,7 @@ impl Fleet {
 
     /// `GET /admin/cluster`: the members as last read, drift, and the link's state.
     /// `None` without a `cluster` block.
-    pub fn status(&self, rt: &Runtime) -> Option<Value> {
+    pub fn status(&self, rt: &dyn Host) -> Option<Value> {
         let s = self.settings.load_full()?;
         let snap = rt.snapshot();
         let st = self.state.lock();
@@ -774,11 +471,8 @@ impl Fleet {
     }
 }
 
-use once_cell::sync::Lazy;
-
 /// The sync loop, for the life of the process (started by the supervisor).
-pub async fn run(rt: Arc<Runtime>) {
-    let fleet = &rt.fleet;
+pub async fn run(fleet: Arc<Fleet>, host: Arc<dyn Host>) {
     if fleet.running.swap(true, Ordering::AcqRel) {
         return;
     }
@@ -788,7 +482,7 @@ pub async fn run(rt: Arc<Runtime>) {
             fleet.wake.notified().await;
             continue;
         };
-        let again = match fleet.round(&rt, &s).await {
+        let again = match fleet.round(&*host, &s).await {
             Ok(again) => again,
             // a reconnect is not due yet: no I/O was done
             Err(LinkError::Waiting(_)) => false,

@@ -200,15 +200,28 @@ fn check_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
         return Err(format!(
             "`{}` is not a redis:// or rediss:// URL",
-            crate::cluster::link::redact(url)
+            redact(url)
         ));
     }
     redis::IntoConnectionInfo::into_connection_info(url)
         .map(|_| ())
-        .map_err(|e| {
-            format!(
-                "`{}` is not a usable Redis URL: {e}",
-                crate::cluster::link::redact(url)
-            )
-        })
+        .map_err(|e| format!("`{}` is not a usable Redis URL: {e}", redact(url)))
+}
+
+/// `redis://user:secret@host` → `redis://user:REDACTED@host` for logs and errors.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((auth, host)) => {
+                let user = auth.split_once(':').map_or(auth, |(u, _)| u);
+                if auth.contains(':') {
+                    format!("{scheme}://{user}:REDACTED@{host}")
+                } else {
+                    format!("{scheme}://REDACTED@{host}")
+                }
+            }
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }

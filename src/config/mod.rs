@@ -124,7 +124,7 @@ pub struct Source {
     pub config: Config,
     text: String,
     /// Built only when a problem needs a line number (it costs a second parse).
-    index: once_cell::sync::OnceCell<LineIndex>,
+    index: std::sync::OnceLock<LineIndex>,
 }
 
 impl Source {
@@ -322,7 +322,7 @@ pub fn parse_str(file: &str, text: &str) -> Result<Source, ConfigErrors> {
         file: file.to_string(),
         config,
         text: text.to_string(),
-        index: once_cell::sync::OnceCell::new(),
+        index: std::sync::OnceLock::new(),
     })
 }
 

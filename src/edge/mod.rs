@@ -10,10 +10,10 @@ pub mod headers;
 use crate::reject::Reject;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
-use once_cell::sync::Lazy;
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::LazyLock;
 
 /// Compiled `server.limits`.
 #[derive(Debug, Clone)]
@@ -120,8 +120,8 @@ pub fn body_too_large(max: u64) -> Reject {
 }
 
 /// Requests in progress per client IP.
-pub static IN_FLIGHT_PER_IP: Lazy<pingora_limits::inflight::Inflight> =
-    Lazy::new(pingora_limits::inflight::Inflight::new);
+pub static IN_FLIGHT_PER_IP: LazyLock<pingora_limits::inflight::Inflight> =
+    LazyLock::new(pingora_limits::inflight::Inflight::new);
 
 /// `allow` and `deny` CIDR lists.
 #[derive(Debug, Default)]

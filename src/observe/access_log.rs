@@ -6,13 +6,13 @@
 //! path changes on reload.
 
 use super::metrics::METRICS;
-use once_cell::sync::OnceCell;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc::{
     sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError,
 };
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 pub struct Record {
@@ -48,7 +48,7 @@ enum Msg {
     Flush(SyncSender<()>),
 }
 
-static SINK: OnceCell<SyncSender<Msg>> = OnceCell::new();
+static SINK: OnceLock<SyncSender<Msg>> = OnceLock::new();
 
 /// Set when the process is about to exit: the writer naps 1 ms between batches.
 static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

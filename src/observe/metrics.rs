@@ -3,11 +3,11 @@
 //! lookup or string formatting. Gauges that describe state (breakers, health, cache
 //! size) are computed when `/metrics` is scraped.
 
-use once_cell::sync::{Lazy, OnceCell};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::sync::{LazyLock, OnceLock};
 
 const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -95,7 +95,7 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
 
 // Metric definitions are constants: a failure here is a programming error caught by the
 // first test that touches metrics, never something a request can trigger.
-pub static METRICS: Lazy<Metrics> = Lazy::new(|| {
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let r = Registry::new();
     let m = Metrics {
         requests: counter_vec(
@@ -283,8 +283,8 @@ pub struct RouteMetrics {
     route: String,
     /// Upstream label values; index 0 is "" (answered by the gateway itself).
     upstreams: Vec<String>,
-    cells: OnceCell<Box<[OnceCell<IntCounter>]>>,
-    duration: OnceCell<Histogram>,
+    cells: OnceLock<Box<[OnceLock<IntCounter>]>>,
+    duration: OnceLock<Histogram>,
 }
 
 impl RouteMetrics {
@@ -293,9 +293,9 @@ impl RouteMetrics {
         ups.extend(upstreams.iter().map(|s| s.to_string()));
         RouteMetrics {
             route: route.to_string(),
-            cells: OnceCell::new(),
+            cells: OnceLock::new(),
             upstreams: ups,
-            duration: OnceCell::new(),
+            duration: OnceLock::new(),
         }
     }
 
@@ -323,7 +323,7 @@ impl RouteMetrics {
                 let idx = (up * METHODS.len() + mi) * STATUSES.len() + si;
                 let cells = self.cells.get_or_init(|| {
                     (0..self.upstreams.len() * METHODS.len() * STATUSES.len())
-                        .map(|_| OnceCell::new())
+                        .map(|_| OnceLock::new())
                         .collect()
                 });
                 if let Some(cell) = cells.get(idx) {
@@ -379,11 +379,11 @@ impl BackendMetrics {
     }
 }
 
-pub static UNMATCHED: Lazy<RouteMetrics> = Lazy::new(|| RouteMetrics::new("", &[]));
+pub static UNMATCHED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new("", &[]));
 
 /// Pre-resolved auth failure counters.
 pub fn auth_failure(reason: &'static str) {
-    static CELLS: Lazy<Vec<(&'static str, IntCounter)>> = Lazy::new(|| {
+    static CELLS: LazyLock<Vec<(&'static str, IntCounter)>> = LazyLock::new(|| {
         [
             "missing",
             "malformed",

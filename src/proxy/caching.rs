@@ -1,6 +1,5 @@
 //! Glue between the proxy phases and the response cache (`crate::cache`).
 
-use super::attempt;
 use super::ctx::Ctx;
 use pingora_cache::CacheKey;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -18,11 +17,7 @@ pub fn enable(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.cache.bypass = true;
         return Ok(());
     }
-    let lock_wait = ctx
-        .snapshot
-        .as_ref()
-        .map(|s| s.config.cache.lock_timeout.get())
-        .unwrap_or(std::time::Duration::from_secs(5));
+    let lock_wait = ctx.snapshot.config.cache.lock_timeout.get();
     crate::cache::enable(&mut session.cache, lock_wait);
     Ok(())
 }
@@ -38,8 +33,9 @@ pub fn cache_key(session: &Session, ctx: &Ctx) -> Result<CacheKey> {
     };
     let credential_param = if ctx.strip_key_param {
         ctx.snapshot
+            .auth
+            .api_keys
             .as_ref()
-            .and_then(|s| s.auth.api_keys.as_ref())
             .and_then(|k| k.query_param.as_deref())
     } else {
         None
@@ -65,12 +61,13 @@ pub fn cache_key(session: &Session, ctx: &Ctx) -> Result<CacheKey> {
 pub fn stale_instead_of_error(ctx: &mut Ctx, e: &Error) {
     if let (ErrorType::HTTPStatus(code), ErrorSource::Upstream) = (e.etype(), e.esource()) {
         if ctx
+            .attempts
             .upstream
             .as_ref()
             .is_some_and(|u| u.is_failure_status(*code))
         {
-            attempt::record_failure(ctx);
+            ctx.attempts.record(true);
         }
     }
-    ctx.reject = None;
+    drop(ctx.take_pending());
 }

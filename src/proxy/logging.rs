@@ -23,7 +23,7 @@ pub fn client_gone(e: &Error) -> bool {
 
 pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     // the reason of an answer the gateway made itself: the code its JSON body carries
-    let reason = ctx.reject.as_ref().map(|r| r.code);
+    let reason = ctx.refusal_code();
     if let Some(r) = reason {
         metrics::rejection(r);
     }
@@ -42,7 +42,7 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         session
             .response_written()
             .map(|r| r.status.as_u16())
-            .or(ctx.final_status)
+            .or(ctx.outcome.status)
             .unwrap_or(if e.is_some() { 502 } else { 0 })
     };
     if gone {
@@ -56,12 +56,12 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         );
     }
     let elapsed = ctx.start.elapsed();
-    if ctx.traced {
+    if ctx.trace.exported {
         export_spans(session, status, elapsed, ctx);
     }
     let req = session.req_header();
     let route = ctx.route();
-    let upstream_name = ctx.upstream.as_ref().map(|u| u.name.clone());
+    let upstream_name = ctx.attempts.upstream.as_ref().map(|u| u.name.clone());
     match route {
         Some(r) => {
             let up = r.metrics.upstream_index(upstream_name.as_deref());
@@ -73,9 +73,7 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     if !access_log::enabled() {
         return;
     }
-    let Some(snap) = ctx.snapshot.as_ref() else {
-        return;
-    };
+    let snap = &ctx.snapshot;
     let cfg = &snap.config.access_log;
     let sampled = cfg.sample >= 1.0
         || (cfg.always_log_errors && status >= 400)
@@ -86,12 +84,12 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
     let route = route.map(|r| r.name.clone());
     // the last phase: the record takes the ids instead of copying them
     let request_id = std::mem::take(&mut ctx.request_id);
-    let trace_id = std::mem::take(&mut ctx.trace_id);
+    let trace_id = std::mem::take(&mut ctx.trace.id);
     access_log::submit(Record {
         time: SystemTime::now() - elapsed,
         request_id,
         trace_id,
-        client_ip: ctx.client_ip,
+        client_ip: ctx.client.ip,
         identity: ctx
             .identity
             .as_ref()
@@ -114,14 +112,14 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
         }),
         route,
         upstream: upstream_name,
-        backend: ctx.backend.as_ref().map(|b| b.0.addr),
+        backend: ctx.attempts.backend.as_ref().map(|b| b.0.addr),
         status,
         bytes_in: session.body_bytes_read(),
         bytes_out: session.body_bytes_sent(),
         duration_us: elapsed.as_micros() as u64,
-        upstream_us: ctx.upstream_us,
-        retries: ctx.retries,
-        cache: ctx.cache_status,
+        upstream_us: ctx.attempts.upstream_us,
+        retries: ctx.attempts.retries,
+        cache: ctx.outcome.cache_status,
         rate_limit: ctx
             .rate_limit
             .as_ref()
@@ -139,7 +137,7 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
 fn export_spans(session: &Session, status: u16, elapsed: std::time::Duration, ctx: &mut Ctx) {
     use crate::observe::otlp::{self, RequestSpans, Value};
     let end = SystemTime::now();
-    let mut attempts = std::mem::take(&mut ctx.attempts);
+    let mut attempts = std::mem::take(&mut ctx.trace.spans);
     let ctx: &Ctx = ctx;
     let req = session.req_header();
     let route = ctx.route();
@@ -157,10 +155,10 @@ fn export_spans(session: &Session, status: u16, elapsed: std::time::Duration, ct
     if let Some(r) = route {
         attributes.push(("http.route", Value::Str(r.name.to_string())));
     }
-    if let Some(ip) = ctx.client_ip {
+    if let Some(ip) = ctx.client.ip {
         attributes.push(("client.address", Value::Str(ip.to_string())));
     }
-    let auth = match (&ctx.identity, ctx.reject.as_ref().map(|r| r.code)) {
+    let auth = match (&ctx.identity, ctx.refusal_code()) {
         (Some(_), _) => "authenticated",
         (None, Some("unauthorized" | "invalid_token")) => "refused",
         (None, Some("insufficient_scope")) => "forbidden",
@@ -183,16 +181,16 @@ fn export_spans(session: &Session, status: u16, elapsed: std::time::Duration, ct
             Value::Str(rl.policy.to_string()),
         ));
     }
-    if let Some(c) = ctx.cache_status {
+    if let Some(c) = ctx.outcome.cache_status {
         attributes.push(("portcullis.cache", Value::Str(c.into())));
     }
-    if let Some(r) = &ctx.reject {
-        attributes.push(("error.type", Value::Str(r.code.into())));
+    if let Some(code) = ctx.refusal_code() {
+        attributes.push(("error.type", Value::Str(code.into())));
     }
     if let Some(last) = attempts.last_mut().filter(|a| a.end.is_none()) {
         last.end = Some(end);
         if status >= 500 {
-            last.error = Some(ctx.last_failure.map_or("error", |f| f.label()));
+            last.error = Some(ctx.attempts.last_failure().map_or("error", |f| f.label()));
         }
     }
     let tracestate = req
@@ -206,9 +204,9 @@ fn export_spans(session: &Session, status: u16, elapsed: std::time::Duration, ct
         None => req.method.as_str().to_string(),
     };
     otlp::submit(RequestSpans {
-        trace_id: crate::observe::trace::trace_id_bytes(&ctx.trace_id),
-        server_span_id: ctx.span_id,
-        parent_span_id: ctx.parent_span_id,
+        trace_id: crate::observe::trace::trace_id_bytes(&ctx.trace.id),
+        server_span_id: ctx.trace.span_id,
+        parent_span_id: ctx.trace.parent_span_id,
         name,
         start: end - elapsed,
         end,

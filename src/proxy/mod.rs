@@ -1,25 +1,35 @@
-//! The one `ProxyHttp` implementation. Each phase reads like the request flow in the
-//! design notes and delegates to the modules that do the work.
+//! The one `ProxyHttp` implementation. Each phase is a few lines that hand the request to
+//! the module doing that step:
+//!
+//! - `request`: the request head (`early_request_filter`) and admission (`request_filter`),
+//!   with `admission` for the edge checks before auth and `forwarded` for client addresses;
+//! - `caching`: the response cache's callbacks;
+//! - `peer`: the backend of each attempt, the request sent to it, its response header;
+//!   `attempt` keeps the attempts' state and decides retries;
+//! - `response_headers`: what every response gets on its way out (`response_filter`);
+//! - `answer`: the responses the gateway writes itself (refusals, `fail_to_proxy`);
+//! - `logging`: metrics, spans and the access-log line.
+//!
+//! `ctx::Ctx` is the state they share for one request.
 
+pub mod admission;
+pub mod answer;
 pub mod attempt;
 pub mod caching;
 pub mod ctx;
-pub mod edge;
 pub mod forwarded;
 pub mod logging;
 pub mod peer;
 pub mod request;
-pub mod respond;
-pub mod response;
+pub mod response_headers;
 
 use crate::runtime::Runtime;
-use crate::upstream::retry::Failure;
 use async_trait::async_trait;
 use ctx::Ctx;
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
@@ -38,16 +48,18 @@ impl Gateway {
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
+    /// Pingora calls this once per request (subrequests included) right before
+    /// `early_request_filter`: the request is served by the snapshot current on arrival.
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx::new(self.runtime.snapshot())
     }
 
     fn invalid_request_response(&self, e: &Error) -> Option<(ResponseHeader, bytes::Bytes)> {
-        respond::invalid_request(e)
+        answer::invalid_request(e)
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        request::begin(&self.runtime, session, ctx).await
+        request::begin(session, ctx).await
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -111,7 +123,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let mut peer = peer::choose(session, ctx).await?;
-        if std::mem::take(&mut ctx.fresh_connection) {
+        if ctx.attempts.take_fresh_connection() {
             attempt::fresh_connection(&mut peer);
         }
         Ok(peer)
@@ -124,11 +136,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        attempt::record_failure(ctx);
-        let failure = attempt::classify(&e).unwrap_or(Failure::ConnectError);
-        // nothing reached the backend: safe to retry elsewhere whatever the method
-        let retry = attempt::should_retry(session, ctx, failure, false, false);
-        ctx.last_failure = Some(failure);
+        let retry = attempt::after_connect_error(session, ctx, &e);
         e.set_retry(retry);
         e
     }
@@ -142,32 +150,7 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if let ErrorType::HTTPStatus(code) = e.etype() {
-            if ctx.retry_status.take() == Some(*code) {
-                // upstream_response_filter already recorded it and decided to retry
-                e.set_retry(true);
-                return e;
-            }
-        }
-        match attempt::stale_connection(session, ctx, &e, client_reused) {
-            attempt::Stale::Retry => {
-                e.set_retry(true);
-                return e;
-            }
-            attempt::Stale::Fail => {
-                e.set_retry(false);
-                return e;
-            }
-            attempt::Stale::No => {}
-        }
-        let Some(failure) = attempt::classify(&e) else {
-            // the client went away or the gateway failed: not the backend's fault
-            e.set_retry(false);
-            return e;
-        };
-        attempt::record_failure(ctx);
-        let retry = attempt::should_retry(session, ctx, failure, true, false);
-        ctx.last_failure = Some(failure);
+        let retry = attempt::after_proxy_error(session, ctx, &e, client_reused);
         e.set_retry(retry);
         e
     }
@@ -196,7 +179,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        response::decorate(session, resp, ctx)
+        response_headers::decorate(session, resp, ctx)
     }
 
     async fn request_body_filter(
@@ -206,7 +189,7 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        edge::count_body(ctx, body.as_ref())
+        admission::count_body(ctx, body.as_ref())
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
@@ -224,7 +207,7 @@ impl ProxyHttp for Gateway {
         // a stale pooled connection resent on a fresh one is routine: counted in
         // portcullis_upstream_stale_connection_retries_total, logged at debug
         let routine = matches!(context, pingora_proxy::ProxyWarnLogContext::UpstreamRetry)
-            && ctx.fresh_connection;
+            && ctx.attempts.wants_fresh_connection();
         if routine {
             log::debug!("resending on a fresh connection: {e}");
         }
@@ -236,6 +219,6 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        respond::fail(session, e, ctx).await
+        answer::fail(session, e, ctx).await
     }
 }

@@ -8,7 +8,7 @@ use super::request::identity_headers;
 use crate::hdr::{self, Headers};
 use crate::reject::Reject;
 use crate::upstream::retry::Failure;
-use crate::upstream::{HashKey, InFlight, NoBackend};
+use crate::upstream::{HashKey, NoBackend, Upstream};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -17,32 +17,26 @@ use std::time::Instant;
 
 /// `upstream_peer`: pick the upstream (once) and a backend (per attempt).
 pub async fn choose(session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-    let upstream = match &ctx.upstream {
+    let upstream = match &ctx.attempts.upstream {
         Some(u) => u.clone(),
         None => {
             let Some(route) = ctx.route() else {
                 return Error::e_explain(ErrorType::InternalError, "no route in upstream_peer");
             };
             let u = route.target.pick(rand::random::<u32>()).clone();
-            ctx.deadline = Some(ctx.start + u.config.timeouts.total.get());
-            u.retry.on_request(crate::clock::now_ms());
-            ctx.upstream = Some(u.clone());
+            ctx.attempts.bind(u.clone(), ctx.start);
             u
         }
     };
-    if let Some(delay) = ctx.backoff.take() {
-        let left = ctx
-            .deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
-            .unwrap_or(delay);
+    if let Some(delay) = ctx.attempts.take_backoff() {
+        let left = ctx.attempts.remaining(Instant::now(), delay);
         tokio::time::sleep(delay.min(left)).await;
     }
     let remaining = ctx
-        .deadline
-        .map(|d| d.saturating_duration_since(Instant::now()))
-        .unwrap_or(upstream.config.timeouts.read.get());
+        .attempts
+        .remaining(Instant::now(), upstream.config.timeouts.read.get());
     if remaining.is_zero() {
-        ctx.reject = Some(Reject::new(
+        ctx.refuse(Reject::new(
             504,
             "gateway_timeout",
             "the upstream did not answer in time",
@@ -58,65 +52,16 @@ pub async fn choose(session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer
         ref k => hash_key(session, ctx, k),
     };
     // a retry prefers another backend; the same one is acceptable when it is the only one
-    let selected = match upstream.select(&key, &ctx.tried, ctx.retries > 0) {
+    let selected = match upstream.select(&key, &ctx.attempts.tried, ctx.attempts.retries > 0) {
         Ok(s) => s,
         Err(why) => {
-            let reject = match why {
-                NoBackend::CircuitOpen(ms) => Reject::new(
-                    503,
-                    "circuit_open",
-                    format!(
-                        "upstream `{}` is failing; its circuit breaker is open",
-                        upstream.name
-                    ),
-                )
-                .header("retry-after", ms.div_ceil(1000).max(1).to_string()),
-                NoBackend::NoneHealthy => Reject::new(
-                    503,
-                    "no_healthy_backend",
-                    format!("upstream `{}` has no healthy backend", upstream.name),
-                )
-                .header("retry-after", "1"),
-                NoBackend::Exhausted => match ctx.last_failure {
-                    Some(Failure::Timeout) => Reject::new(
-                        504,
-                        "gateway_timeout",
-                        "the upstream did not answer in time",
-                    ),
-                    _ => Reject::new(
-                        502,
-                        "bad_gateway",
-                        format!(
-                            "no backend of upstream `{}` could be reached",
-                            upstream.name
-                        ),
-                    ),
-                },
-            };
+            let reject = no_backend(&upstream, why, ctx.attempts.last_failure());
             let status = reject.status;
-            ctx.reject = Some(reject);
+            ctx.refuse(reject);
             return Error::e_explain(ErrorType::HTTPStatus(status), "no backend available");
         }
     };
-    ctx.tried.push(selected.state.addr);
-    ctx.attempt_recorded = false;
-    ctx.upstream_start = Some(Instant::now());
-    if ctx.traced {
-        let now = std::time::SystemTime::now();
-        // the previous attempt (if any) ended in a failure that led to this one
-        if let Some(prev) = ctx.attempts.last_mut().filter(|a| a.end.is_none()) {
-            prev.end = Some(now);
-            prev.error = Some(ctx.last_failure.map_or("error", |f| f.label()));
-        }
-        ctx.attempts.push(crate::observe::otlp::Attempt {
-            backend: selected.state.addr.to_string(),
-            retry: ctx.retries,
-            start: now,
-            end: None,
-            status: None,
-            error: None,
-        });
-    }
+    trace_attempt(ctx, selected.state.addr);
     let peer = if session.is_upgrade_req() {
         // a WebSocket lives as long as it is not idle: `websocket_idle` bounds the
         // silence on both sides instead of the read and total timeouts
@@ -128,8 +73,66 @@ pub async fn choose(session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer
             .state
             .peer(remaining.min(upstream.config.timeouts.read.get()))
     };
-    ctx.backend = Some(InFlight::new(selected.state));
+    ctx.attempts.start(selected.state);
     Ok(Box::new(peer))
+}
+
+/// The refusal when no backend can take the request: an open circuit, none healthy, or
+/// all tried (a 504 when the last try timed out, else a 502).
+fn no_backend(upstream: &Upstream, why: NoBackend, last_failure: Option<Failure>) -> Reject {
+    match why {
+        NoBackend::CircuitOpen(ms) => Reject::new(
+            503,
+            "circuit_open",
+            format!(
+                "upstream `{}` is failing; its circuit breaker is open",
+                upstream.name
+            ),
+        )
+        .header("retry-after", ms.div_ceil(1000).max(1).to_string()),
+        NoBackend::NoneHealthy => Reject::new(
+            503,
+            "no_healthy_backend",
+            format!("upstream `{}` has no healthy backend", upstream.name),
+        )
+        .header("retry-after", "1"),
+        NoBackend::Exhausted => match last_failure {
+            Some(Failure::Timeout) => Reject::new(
+                504,
+                "gateway_timeout",
+                "the upstream did not answer in time",
+            ),
+            _ => Reject::new(
+                502,
+                "bad_gateway",
+                format!(
+                    "no backend of upstream `{}` could be reached",
+                    upstream.name
+                ),
+            ),
+        },
+    }
+}
+
+/// An exported request records a span per attempt; the previous one (if any) ended in a
+/// failure that led to this one.
+fn trace_attempt(ctx: &mut Ctx, backend: std::net::SocketAddr) {
+    if !ctx.trace.exported {
+        return;
+    }
+    let now = std::time::SystemTime::now();
+    if let Some(prev) = ctx.trace.spans.last_mut().filter(|a| a.end.is_none()) {
+        prev.end = Some(now);
+        prev.error = Some(ctx.attempts.last_failure().map_or("error", |f| f.label()));
+    }
+    ctx.trace.spans.push(crate::observe::otlp::Attempt {
+        backend: backend.to_string(),
+        retry: ctx.attempts.retries,
+        start: now,
+        end: None,
+        status: None,
+        error: None,
+    });
 }
 
 /// `upstream_request_filter`: forwarding headers, identity, rewrites, header operations.
@@ -137,20 +140,21 @@ pub fn prepare_request(upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> R
     let authority = ctx.view.as_ref().map_or("", |v| v.authority.as_str());
     forwarded::apply(
         upstream_request,
-        ctx.peer_ip,
-        ctx.client_ip,
-        ctx.peer_trusted,
-        ctx.tls,
+        ctx.client.peer,
+        ctx.client.ip,
+        ctx.client.peer_trusted,
+        ctx.client.tls,
         authority,
     )?;
     upstream_request.set(&hdr::X_REQUEST_ID, hdr::text(&ctx.request_id)?)?;
-    upstream_request.set(&hdr::TRACEPARENT, hdr::text(&ctx.traceparent)?)?;
+    upstream_request.set(&hdr::TRACEPARENT, hdr::text(&ctx.trace.traceparent)?)?;
     identity_headers(upstream_request, ctx)?;
     if ctx.strip_key_param {
         let name = ctx
             .snapshot
+            .auth
+            .api_keys
             .as_ref()
-            .and_then(|s| s.auth.api_keys.as_ref())
             .and_then(|k| k.query_param.clone());
         if let Some(name) = name {
             let current = ctx
@@ -179,7 +183,7 @@ pub fn prepare_request(upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> R
     }
     if let Some(route) = ctx.route() {
         if !route.preserve_host {
-            if let Some(b) = &ctx.backend {
+            if let Some(b) = &ctx.attempts.backend {
                 upstream_request.set(&hdr::HOST, b.0.host_header.clone())?;
             }
         } else if let Some(v) = ctx.view.as_ref().filter(|v| !v.host_header_canonical) {
@@ -200,30 +204,24 @@ pub fn prepare_request(upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> R
 /// retryable error before anything reaches the client.
 pub fn on_response(session: &mut Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<()> {
     let status = resp.status.as_u16();
-    let Some(upstream) = ctx.upstream.clone() else {
+    let Some(upstream) = ctx.attempts.upstream.clone() else {
         return Ok(());
     };
-    if let Some(t) = ctx.upstream_start {
-        let d = t.elapsed();
-        ctx.upstream_us = Some(d.as_micros() as u64);
+    if let Some(d) = ctx.attempts.answered() {
         upstream.metrics.duration.observe(d.as_secs_f64());
-        if let Some(b) = &ctx.backend {
+        if let Some(b) = &ctx.attempts.backend {
             b.0.metrics.duration.observe(d.as_secs_f64());
         }
     }
-    if let Some(a) = ctx.attempts.last_mut().filter(|a| a.end.is_none()) {
+    if let Some(a) = ctx.trace.spans.last_mut().filter(|a| a.end.is_none()) {
         a.end = Some(std::time::SystemTime::now());
         a.status = Some(status);
     }
-    if upstream.is_failure_status(status) {
-        attempt::record_failure(ctx);
-    } else {
-        attempt::record_success(ctx);
-    }
-    if upstream.retry.retries_status(status)
-        && attempt::should_retry(session, ctx, Failure::Status(status), true, false)
-    {
-        ctx.retry_status = Some(status);
+    ctx.attempts.record(upstream.is_failure_status(status));
+    let failure = Failure::Status(status);
+    if upstream.retry.retries_status(status) && attempt::should_retry(session, ctx, failure, true) {
+        ctx.attempts.failed(failure);
+        ctx.attempts.retry_on_status(status);
         let mut e = Error::new_up(ErrorType::HTTPStatus(status));
         e.set_retry(true);
         return Err(e);
@@ -234,7 +232,7 @@ pub fn on_response(session: &mut Session, resp: &ResponseHeader, ctx: &mut Ctx) 
 fn hash_key(session: &Session, ctx: &Ctx, key: &HashKey) -> Vec<u8> {
     let req = session.req_header();
     match key {
-        HashKey::ClientIp => match ctx.client_ip {
+        HashKey::ClientIp => match ctx.client.ip {
             Some(std::net::IpAddr::V4(a)) => a.octets().to_vec(),
             Some(std::net::IpAddr::V6(a)) => a.octets().to_vec(),
             None => Vec::new(),

@@ -1,21 +1,17 @@
 //! The request side: request id, trace context, client address, limits and routing
 //! (`early_request_filter`), then edge rules, auth and rate limits (`request_filter`).
 
-use super::ctx::Ctx;
-use super::respond;
-use super::{edge, forwarded};
+use super::ctx::{Ctx, Trace};
+use super::{admission, answer, forwarded, response_headers};
 use crate::observe::request_id;
 use crate::reject::Reject;
 use crate::routing::{self, Lookup};
-use crate::runtime::Runtime;
 use pingora_error::Result;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
-use std::time::Instant;
 
 /// `early_request_filter`: everything decided from the request head alone.
-pub async fn begin(runtime: &Runtime, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-    ctx.start = Instant::now();
+pub async fn begin(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
     crate::observe::metrics::METRICS.in_flight.inc();
     ctx.in_flight = true;
     let tc = crate::observe::trace::next(
@@ -25,55 +21,47 @@ pub async fn begin(runtime: &Runtime, session: &mut Session, ctx: &mut Ctx) -> R
             .get("traceparent")
             .map(|v| v.as_bytes()),
     );
-    ctx.trace_id = tc.trace_id;
-    ctx.traceparent = tc.traceparent;
-    ctx.span_id = tc.span_id;
-    ctx.parent_span_id = tc.parent_span_id;
-    ctx.trace_sampled = tc.parent_sampled;
+    let snap = ctx.snapshot.clone();
+    let exported = crate::observe::otlp::sample(snap.config.tracing.as_ref(), tc.parent_sampled);
+    ctx.trace = Trace::new(tc, exported);
     let incoming = session.req_header().headers.get("x-request-id");
     ctx.request_id = match incoming {
         Some(v) if request_id::is_valid(v.as_bytes()) => v.to_str().unwrap_or_default().to_string(),
         _ => request_id::generate(),
     };
-    let snap = runtime.snapshot();
-    ctx.traced = crate::observe::otlp::sample(snap.config.tracing.as_ref(), ctx.trace_sampled);
-    ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    ctx.client.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     if let Some(peer) = session
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
     {
         let (client, trusted) = forwarded::client_ip(&snap, peer, session.req_header());
-        ctx.peer_ip = Some(peer);
-        ctx.client_ip = Some(client);
-        ctx.peer_trusted = trusted;
+        ctx.client.peer = Some(peer);
+        ctx.client.ip = Some(client);
+        ctx.client.peer_trusted = trusted;
     }
     if let Some(reject) = snap.edge_limits.check_head(session.req_header()) {
-        ctx.reject = Some(reject);
-        ctx.snapshot = Some(snap);
+        ctx.refuse(reject);
         return Ok(());
     }
     // one canonical view of the request, before anything is decided on it
     if let Err(why) = crate::edge::headers::scrub(
         session.req_header_mut(),
         &snap.header_policy,
-        ctx.peer_trusted,
+        ctx.client.peer_trusted,
     ) {
-        ctx.reject = Some(Reject::new(400, "bad_request", why));
-        ctx.snapshot = Some(snap);
+        ctx.refuse(Reject::new(400, "bad_request", why));
         return Ok(());
     }
-    match request_view(session, ctx.tls, snap.escaped_slashes) {
+    match request_view(session, ctx.client.tls, snap.escaped_slashes) {
         Ok(v) => ctx.view = Some(v),
         Err(e) => {
-            ctx.reject = Some(Reject::new(400, "bad_request", e.message()));
-            ctx.snapshot = Some(snap);
+            ctx.refuse(Reject::new(400, "bad_request", e.message()));
             return Ok(());
         }
     }
-    ctx.snapshot = Some(snap);
     route_request(session, ctx);
-    edge::enable_compression(session, ctx);
+    response_headers::enable_compression(session, ctx);
     Ok(())
 }
 
@@ -113,41 +101,34 @@ fn request_view(
 
 /// `request_filter`: edge rules, auth, rate limits. `Ok(true)` when the response is sent.
 pub async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-    if ctx.reject.is_none() {
-        if let Some(preflight) = edge::before_auth(session, ctx) {
-            edge::answer_preflight(session, ctx, preflight).await?;
-            ctx.final_status = Some(204);
+    if !ctx.refusing() {
+        if let Some(preflight) = admission::before_auth(session, ctx) {
+            answer::preflight(session, ctx, preflight).await?;
             return Ok(true);
         }
     }
-    if ctx.reject.is_none() {
+    if !ctx.refusing() {
         authenticate(session, ctx).await;
     }
     // a background cache refresh (stale-while-revalidate) is the gateway's own request:
     // it does not spend the client's rate limit
-    if ctx.reject.is_none() && session.subrequest_ctx.is_none() {
+    if !ctx.refusing() && session.subrequest_ctx.is_none() {
         rate_limit(session, ctx);
     }
-    if let Some(reject) = ctx.reject.take() {
-        let close = reject.status == 400;
-        respond::send(session, &ctx.request_id, &reject, close).await?;
-        ctx.final_status = Some(reject.status);
-        ctx.reject = Some(reject);
-        return Ok(true);
-    }
-    Ok(false)
+    answer::pending_refusal(session, ctx).await
 }
 
 /// Route the request by its canonical view: match host + path + method, compute the
-/// forwarded URI. Any problem becomes `ctx.reject`.
+/// forwarded URI. Any problem becomes a pending refusal.
 fn route_request(session: &Session, ctx: &mut Ctx) {
-    let (Some(snap), Some(view)) = (ctx.snapshot.clone(), ctx.view.as_ref()) else {
+    let snap = ctx.snapshot.clone();
+    let Some(view) = ctx.view.as_ref() else {
         return;
     };
     let req = session.req_header();
     if view.form == crate::view::Form::Asterisk {
         // `OPTIONS *` asks about the server, not a resource: no route, no upstream
-        ctx.reject = Some(
+        ctx.refuse(
             Reject::new(400, "bad_request", "`OPTIONS *` is not forwarded")
                 .header("allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
         );
@@ -183,7 +164,7 @@ fn route_request(session: &Session, ctx: &mut Ctx) {
             }
         }
         Lookup::MethodNotAllowed(m) => {
-            ctx.reject = Some(
+            ctx.refuse(
                 Reject::new(
                     405,
                     "method_not_allowed",
@@ -193,7 +174,7 @@ fn route_request(session: &Session, ctx: &mut Ctx) {
             );
         }
         Lookup::NotFound => {
-            ctx.reject = Some(Reject::new(
+            ctx.refuse(Reject::new(
                 404,
                 "not_found",
                 "no route matches this request",
@@ -202,18 +183,16 @@ fn route_request(session: &Session, ctx: &mut Ctx) {
     }
 }
 
-/// Apply the route's rate-limit policies; a rejection becomes `ctx.reject` (429).
+/// Apply the route's rate-limit policies; a rejection becomes a pending refusal (429).
 fn rate_limit(session: &Session, ctx: &mut Ctx) {
-    let Some(snap) = ctx.snapshot.clone() else {
-        return;
-    };
+    let snap = ctx.snapshot.clone();
     let Some(route) = ctx.route() else { return };
     if route.rate_limit.is_empty() {
         return;
     }
     let input = crate::ratelimit::KeyInput {
         identity: ctx.identity.as_deref(),
-        client_ip: ctx.client_ip,
+        client_ip: ctx.client.ip,
         route: &route.name,
         headers: &session.req_header().headers,
     };
@@ -230,16 +209,14 @@ fn rate_limit(session: &Session, ctx: &mut Ctx) {
                 reject = reject.header(k.as_str(), v);
             }
             ctx.rate_limit = Some(outcome);
-            ctx.reject = Some(reject);
+            ctx.refuse(reject);
         }
     }
 }
 
-/// Verify the route's credentials; a failure becomes `ctx.reject`.
+/// Verify the route's credentials; a failure becomes a pending refusal.
 async fn authenticate(session: &Session, ctx: &mut Ctx) {
-    let Some(snap) = ctx.snapshot.clone() else {
-        return;
-    };
+    let snap = ctx.snapshot.clone();
     let Some(policy) = ctx.route().and_then(|r| r.auth.as_ref()) else {
         return;
     };
@@ -250,7 +227,7 @@ async fn authenticate(session: &Session, ctx: &mut Ctx) {
         }
         Err(f) => {
             crate::observe::metrics::auth_failure(f.reason());
-            ctx.reject = Some(auth_reject(&f));
+            ctx.refuse(auth_reject(&f));
         }
     }
 }
@@ -278,9 +255,7 @@ fn auth_reject(f: &crate::auth::AuthFailure) -> Reject {
 
 /// Remove client-sent identity headers and credentials; add the verified identity.
 pub(super) fn identity_headers(req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
-    let Some(snap) = ctx.snapshot.as_ref() else {
-        return Ok(());
-    };
+    let snap = &ctx.snapshot;
     for h in &snap.auth.identity_headers {
         req.remove_header(h);
     }

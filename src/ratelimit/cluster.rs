@@ -15,8 +15,8 @@
 //! counts the failure; sharing resumes when Redis answers again.
 
 use super::local::Limiter;
-use crate::cluster::link::Link;
 use crate::config::{ClusterConfig, FleetConfig, RedisEndpoints};
+use crate::redis_link::Link;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -97,7 +97,9 @@ impl Cluster {
                 .map(|u| u.to_string())
                 .unwrap_or_default(),
             sync_interval: f.sync_interval,
-            key_prefix: crate::cluster::Keys::new(&f.key_prefix).base().to_string(),
+            key_prefix: crate::redis_link::Keys::new(&f.key_prefix)
+                .base()
+                .to_string(),
             max_keys: f.rate_limit_keys,
         };
         let mut c = Self::with_endpoints(config, f.redis.clone());
@@ -203,7 +205,7 @@ impl Cluster {
         )
     }
 
-    async fn connection(&self) -> Result<crate::cluster::link::Conn, String> {
+    async fn connection(&self) -> Result<crate::redis_link::Conn, String> {
         self.link.get().await.map_err(|e| e.to_string())
     }
 

@@ -121,50 +121,15 @@ impl RateLimits {
         prev: Option<&RateLimits>,
         p: &mut Problems,
     ) -> RateLimits {
-        let mut policies = Vec::new();
-        let mut by_name = HashMap::new();
-        if c.sketch_slots < 64 || c.sketch_slots > MAX_SKETCH_SLOTS {
-            p.push(
-                "rate_limits.sketch_slots",
-                format!("must be between 64 and {MAX_SKETCH_SLOTS}"),
-            );
-            // do not build limiters for a config that is refused anyway (they can be large)
-            return RateLimits {
-                config: c.clone(),
-                policies: Vec::new(),
-                by_name: HashMap::new(),
-                cluster: None,
-            };
-        }
-        let slots = c.sketch_slots;
-        // every limiter holds two sketches of 4 rows: bound the total, not just each one
-        let limiters: usize = c
-            .policies
-            .values()
-            .map(|pc| {
-                if pc.key == "client" {
-                    1 + c.tiers.len()
-                } else {
-                    1
-                }
-            })
-            .sum();
-        let bytes = limiters as u64 * slots as u64 * 64;
-        if bytes > MAX_SKETCH_BYTES {
-            p.push(
-                "rate_limits",
-                format!(
-                    "{limiters} limiters of {slots} slots would take {} MiB (at most {} MiB): lower sketch_slots or use fewer policies",
-                    bytes >> 20,
-                    MAX_SKETCH_BYTES >> 20
-                ),
-            );
-            return RateLimits {
-                config: c.clone(),
-                policies: Vec::new(),
-                by_name: HashMap::new(),
-                cluster: None,
-            };
+        let mut out = RateLimits {
+            config: c.clone(),
+            policies: Vec::new(),
+            by_name: HashMap::new(),
+            cluster: None,
+        };
+        // do not build limiters for a config that is refused anyway (they can be large)
+        if !sketches_fit(c, p) {
+            return out;
         }
         for (name, t) in &c.tiers {
             if t.requests == 0 || t.per.get().is_zero() {
@@ -174,109 +139,15 @@ impl RateLimits {
                 );
             }
         }
-        let reuse = |spec: &(String, u64, u64, usize), name: &str| -> Option<Arc<Policy>> {
-            prev?
-                .policies
-                .iter()
-                .find(|x| &*x.name == name && x.spec == *spec)
-                .cloned()
-        };
         for (i, (name, pc)) in c.policies.iter().enumerate() {
             let base = format!("rate_limits.policies.{name}");
-            let key = match KeyKind::parse(&pc.key) {
-                Ok(k) => k,
-                Err(e) => {
-                    p.push(format!("{base}.key"), e);
-                    continue;
-                }
-            };
-            if pc.requests == 0 || pc.per.get().is_zero() {
-                p.push(&base, "requests and per must be above 0");
-                continue;
+            if let Some(policy) = p.within(&base, |p| compile_policy(i, name, pc, c, prev, p)) {
+                out.by_name.insert(name.clone(), out.policies.len());
+                out.policies.push(policy);
             }
-            let spec = (
-                pc.key.clone(),
-                pc.requests,
-                pc.per.get().as_millis() as u64,
-                slots,
-            );
-            let policy = match reuse(&spec, name) {
-                // same policy: keep its counters; tiers may have changed, rebuild those
-                Some(old) if tiers_equal(&old, c) => old,
-                reused => {
-                    let base_limiter = reused.map(|o| o.base.clone()).unwrap_or_else(|| {
-                        Arc::new(Limiter::new(pc.requests, pc.per.get(), slots))
-                    });
-                    let tiers = if key == KeyKind::Client {
-                        c.tiers
-                            .iter()
-                            .map(|(t, l)| {
-                                (
-                                    t.clone(),
-                                    (
-                                        Arc::from(format!("{name}:{t}").as_str()),
-                                        Arc::new(Limiter::new(l.requests, l.per.get(), slots)),
-                                    ),
-                                )
-                            })
-                            .collect()
-                    } else {
-                        HashMap::new()
-                    };
-                    Arc::new(Policy {
-                        name: name.as_str().into(),
-                        id: i as u16,
-                        key,
-                        base: base_limiter,
-                        tiers,
-                        spec,
-                    })
-                }
-            };
-            by_name.insert(name.clone(), policies.len());
-            policies.push(policy);
         }
-        let cluster = match fleet {
-            // the top-level `cluster` (checked in `config::cluster`)
-            Some(f) => {
-                let want = cluster::Cluster::for_fleet(f);
-                match prev.and_then(|r| r.cluster.clone()) {
-                    Some(old)
-                        if old.config == want.config
-                            && old.endpoints == want.endpoints
-                            && old.tls_ca_file == want.tls_ca_file =>
-                    {
-                        Some(old)
-                    }
-                    _ => Some(Arc::new(want)),
-                }
-            }
-            None => c.cluster.as_ref().and_then(|cc| {
-                if !(cc.redis.starts_with("redis://") || cc.redis.starts_with("rediss://")) {
-                    p.push("rate_limits.cluster.redis", "must be a redis:// URL");
-                    return None;
-                }
-                if cc.sync_interval.get().is_zero() {
-                    p.push("rate_limits.cluster.sync_interval", "must be above 0");
-                    return None;
-                }
-                match prev.and_then(|r| r.cluster.clone()) {
-                    Some(old)
-                        if old.config == *cc
-                            && old.endpoints == RedisEndpoints::Single(cc.redis.clone()) =>
-                    {
-                        Some(old)
-                    }
-                    _ => Some(Arc::new(cluster::Cluster::new(cc.clone()))),
-                }
-            }),
-        };
-        RateLimits {
-            config: c.clone(),
-            policies,
-            by_name,
-            cluster,
-        }
+        out.cluster = compile_cluster(c, fleet, prev, p);
+        out
     }
 
     /// Resolve a route's `rate_limit:` names.
@@ -441,4 +312,138 @@ pub fn headers(o: &Outcome) -> [(&'static crate::hdr::Name, String); 5] {
         (&X_RATELIMIT_REMAINING, remaining),
         (&X_RATELIMIT_RESET, reset),
     ]
+}
+
+/// `sketch_slots` in range, and every limiter's two sketches of 4 rows within the memory bound.
+fn sketches_fit(c: &RateLimitsConfig, p: &mut Problems) -> bool {
+    let slots = c.sketch_slots;
+    if !(64..=MAX_SKETCH_SLOTS).contains(&slots) {
+        p.push(
+            "rate_limits.sketch_slots",
+            format!("must be between 64 and {MAX_SKETCH_SLOTS}"),
+        );
+        return false;
+    }
+    let limiters: usize = c
+        .policies
+        .values()
+        .map(|pc| {
+            if pc.key == "client" {
+                1 + c.tiers.len()
+            } else {
+                1
+            }
+        })
+        .sum();
+    let bytes = limiters as u64 * slots as u64 * 64;
+    if bytes > MAX_SKETCH_BYTES {
+        p.push(
+            "rate_limits",
+            format!(
+                "{limiters} limiters of {slots} slots would take {} MiB (at most {} MiB): lower sketch_slots or use fewer policies",
+                bytes >> 20,
+                MAX_SKETCH_BYTES >> 20
+            ),
+        );
+        return false;
+    }
+    true
+}
+
+/// One policy (problems relative to `rate_limits.policies.NAME`). An unchanged policy keeps
+/// its counters; its tier limiters are rebuilt when the tiers changed.
+fn compile_policy(
+    i: usize,
+    name: &str,
+    pc: &crate::config::PolicyConfig,
+    c: &RateLimitsConfig,
+    prev: Option<&RateLimits>,
+    p: &mut Problems,
+) -> Option<Arc<Policy>> {
+    let key = KeyKind::parse(&pc.key).map_err(|e| p.push("key", e)).ok()?;
+    if pc.requests == 0 || pc.per.get().is_zero() {
+        p.push("", "requests and per must be above 0");
+        return None;
+    }
+    let slots = c.sketch_slots;
+    let spec = (
+        pc.key.clone(),
+        pc.requests,
+        pc.per.get().as_millis() as u64,
+        slots,
+    );
+    let reused = prev.and_then(|r| {
+        r.policies
+            .iter()
+            .find(|x| &*x.name == name && x.spec == spec)
+            .cloned()
+    });
+    if let Some(old) = &reused {
+        if tiers_equal(old, c) {
+            return reused;
+        }
+    }
+    let base_limiter = reused
+        .map(|o| o.base.clone())
+        .unwrap_or_else(|| Arc::new(Limiter::new(pc.requests, pc.per.get(), slots)));
+    let tiers = if key == KeyKind::Client {
+        c.tiers
+            .iter()
+            .map(|(t, l)| {
+                let label = Arc::from(format!("{name}:{t}").as_str());
+                let limiter = Arc::new(Limiter::new(l.requests, l.per.get(), slots));
+                (t.clone(), (label, limiter))
+            })
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    Some(Arc::new(Policy {
+        name: name.into(),
+        id: i as u16,
+        key,
+        base: base_limiter,
+        tiers,
+        spec,
+    }))
+}
+
+/// `rate_limits.cluster`: kept across reloads when unchanged (its sync task and counters).
+fn compile_cluster(
+    c: &RateLimitsConfig,
+    fleet: Option<&crate::config::FleetConfig>,
+    prev: Option<&RateLimits>,
+    p: &mut Problems,
+) -> Option<Arc<cluster::Cluster>> {
+    if let Some(f) = fleet {
+        // the top-level `cluster` (checked in `config::cluster`)
+        let want = cluster::Cluster::for_fleet(f);
+        return match prev.and_then(|r| r.cluster.clone()) {
+            Some(old)
+                if old.config == want.config
+                    && old.endpoints == want.endpoints
+                    && old.tls_ca_file == want.tls_ca_file =>
+            {
+                Some(old)
+            }
+            _ => Some(Arc::new(want)),
+        };
+    }
+    let cc = c.cluster.as_ref()?;
+    if !(cc.redis.starts_with("redis://") || cc.redis.starts_with("rediss://")) {
+        p.push("rate_limits.cluster.redis", "must be a redis:// URL");
+        return None;
+    }
+    if cc.sync_interval.get().is_zero() {
+        p.push("rate_limits.cluster.sync_interval", "must be above 0");
+        return None;
+    }
+    match prev.and_then(|r| r.cluster.clone()) {
+        Some(old)
+            if old.config == *cc && old.endpoints == RedisEndpoints::Single(cc.redis.clone()) =>
+        {
+            Some(old)
+        }
+        _ => Some(Arc::new(cluster::Cluster::new(cc.clone()))),
+    }
 }

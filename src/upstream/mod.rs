@@ -63,10 +63,18 @@ macro_rules! with_lb {
 /// Pre-resolved metric handles of one upstream.
 pub struct UpstreamMetrics {
     pub duration: prometheus::Histogram,
-    /// By `retry::Failure::index()`.
-    pub retries: [prometheus::IntCounter; 4],
+    retries: RetryCounters,
     /// Requests resent because a pooled connection turned out closed.
     pub stale_connection_retries: prometheus::IntCounter,
+}
+
+/// `portcullis_upstream_retries_total{upstream, reason}`: one series per kind of failure
+/// that led to a retry, resolved once per upstream so a retry does no label lookup.
+struct RetryCounters {
+    connect_error: prometheus::IntCounter,
+    timeout: prometheus::IntCounter,
+    reset: prometheus::IntCounter,
+    status: prometheus::IntCounter,
 }
 
 impl UpstreamMetrics {
@@ -75,8 +83,23 @@ impl UpstreamMetrics {
         let r = |reason: &str| METRICS.retries.with_label_values(&[name, reason]);
         UpstreamMetrics {
             duration: METRICS.upstream_duration.with_label_values(&[name]),
-            retries: [r("connect_error"), r("timeout"), r("reset"), r("status")],
+            retries: RetryCounters {
+                connect_error: r("connect_error"),
+                timeout: r("timeout"),
+                reset: r("reset"),
+                status: r("status"),
+            },
             stale_connection_retries: METRICS.stale_connection_retries.with_label_values(&[name]),
+        }
+    }
+
+    /// The counter of retries made after `failure`.
+    pub fn retry_counter(&self, failure: retry::Failure) -> &prometheus::IntCounter {
+        match failure {
+            retry::Failure::ConnectError => &self.retries.connect_error,
+            retry::Failure::Timeout => &self.retries.timeout,
+            retry::Failure::Reset => &self.retries.reset,
+            retry::Failure::Status(_) => &self.retries.status,
         }
     }
 }
@@ -259,8 +282,8 @@ impl Upstream {
             .unwrap_or(1)
     }
 
-    /// Every backend in rotation: address, weight, healthy, state.
-    pub fn backend_status(&self) -> Vec<(SocketAddr, usize, bool, Option<Arc<BackendState>>)> {
+    /// Every backend in rotation, as the admin API and the state gauges show it.
+    pub fn backend_status(&self) -> Vec<BackendStatus> {
         let states = self.states.load();
         let be = self.backends();
         self.membership
@@ -268,7 +291,12 @@ impl Upstream {
             .iter()
             .filter_map(|b| {
                 let a = inet(b)?;
-                Some((a, b.weight, be.ready(b), states.get(&a).cloned()))
+                Some(BackendStatus {
+                    addr: a,
+                    weight: b.weight,
+                    healthy: be.ready(b),
+                    state: states.get(&a).cloned(),
+                })
             })
             .collect()
     }
@@ -378,6 +406,16 @@ impl Upstream {
             }
         }
     }
+}
+
+/// One backend in rotation (see [`Upstream::backend_status`]).
+pub struct BackendStatus {
+    pub addr: SocketAddr,
+    pub weight: usize,
+    /// Passes its health check (always, without one).
+    pub healthy: bool,
+    /// Breaker and counters; `None` for an address that joined since the last state sync.
+    pub state: Option<Arc<BackendState>>,
 }
 
 fn inet(b: &Backend) -> Option<SocketAddr> {

@@ -15,16 +15,6 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// Index into `UpstreamMetrics::retries`.
-    pub fn index(self) -> usize {
-        match self {
-            Failure::ConnectError => 0,
-            Failure::Timeout => 1,
-            Failure::Reset => 2,
-            Failure::Status(_) => 3,
-        }
-    }
-
     pub fn label(self) -> &'static str {
         match self {
             Failure::ConnectError => "connect_error",

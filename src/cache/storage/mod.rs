@@ -5,7 +5,7 @@
 //! be enabled **without** a pingora eviction manager:
 //!
 //! ```ignore
-//! static STORAGE: Lazy<MemoryStorage> = Lazy::new(|| MemoryStorage::new(256 << 20));
+//! static STORAGE: LazyLock<MemoryStorage> = LazyLock::new(|| MemoryStorage::new(256 << 20));
 //! session.cache.enable(&*STORAGE, None, Some(&*PREDICTOR), Some(&*LOCK), None);
 //! session.cache.set_max_file_size_bytes(STORAGE.max_object_bytes());
 //! ```
@@ -196,7 +196,7 @@ type Shard = RwLock<HashMap<HashBinary, Arc<Entry>, RandomState>>;
 /// A bounded in-memory cache storage: TinyLFU admission, S3-FIFO eviction, weighted by bytes,
 /// with purge by key, by primary key and by primary-key prefix. See the module documentation.
 ///
-/// [`Storage`] methods take `&'static self`: keep it in a `static` (`once_cell::sync::Lazy`) or
+/// [`Storage`] methods take `&'static self`: keep it in a `static` (`std::sync::LazyLock`) or
 /// leak it.
 pub struct MemoryStorage {
     shards: [Shard; SHARD_COUNT],

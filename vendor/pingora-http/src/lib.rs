@@ -231,7 +231,6 @@ impl RequestHeader {
         )
     }
 
-    /// Remove all headers under the name
     /// PORTCULLIS PATCH: insert under a name parsed ahead of time (`name` in lower case for
     /// the map, `case` as written on the wire): no name parsing and no allocation, unlike
     /// [`Self::insert_header`], which parses the name on every call.
@@ -262,6 +261,7 @@ impl RequestHeader {
         let _ = self.base.headers.try_reserve(additional);
     }
 
+    /// Remove all headers under the name
     pub fn remove_header<'a, N: ?Sized>(&mut self, name: &'a N) -> Option<HeaderValue>
     where
         &'a N: 'a + AsHeaderName,
@@ -615,7 +615,6 @@ impl ResponseHeader {
         )
     }
 
-    /// Remove all headers under the name
     /// PORTCULLIS PATCH: insert under a name parsed ahead of time (`name` in lower case for
     /// the map, `case` as written on the wire): no name parsing and no allocation, unlike
     /// [`Self::insert_header`], which parses the name on every call.
@@ -646,6 +645,7 @@ impl ResponseHeader {
         let _ = self.base.headers.try_reserve(additional);
     }
 
+    /// Remove all headers under the name
     pub fn remove_header<'a, N: ?Sized>(&mut self, name: &'a N) -> Option<HeaderValue>
     where
         &'a N: 'a + AsHeaderName,

@@ -1,5 +1,7 @@
-//! The one writer of gateway-made responses: every error is JSON of one shape,
-//! `{"error": code, "message": text, "request_id": id}`, and carries `X-Request-Id`.
+//! The one writer of the responses the gateway makes itself (instead of proxying): every
+//! error is JSON of one shape, `{"error": code, "message": text, "request_id": id}`, and
+//! carries `X-Request-Id`; the CORS preflight answer is here too. Named for that, to keep
+//! it apart from `response_headers`, which decorates every response on its way out.
 
 use super::ctx::Ctx;
 use crate::reject::Reject;
@@ -102,31 +104,59 @@ pub fn classify(e: &Error) -> (u16, &'static str, &'static str) {
     }
 }
 
-/// `fail_to_proxy`: the JSON error for whatever went wrong, unless the client is gone or
-/// a response already started.
+/// `request_filter`'s answer when a refusal is pending: write it and keep what was sent.
+/// `Ok(false)` when nothing was pending. A 400 closes the connection (the client's
+/// framing may be off).
+pub async fn pending_refusal(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    let Some(reject) = ctx.take_pending() else {
+        return Ok(false);
+    };
+    let close = reject.status == 400;
+    send(session, &ctx.request_id, &reject, close).await?;
+    ctx.outcome.refused(&reject, true);
+    Ok(true)
+}
+
+/// Answer a CORS preflight at the edge.
+pub async fn preflight(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(204, Some(headers.len() + 2))?;
+    for (k, v) in headers {
+        resp.insert_header(k, v)?;
+    }
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    resp.insert_header("content-length", "0")?;
+    session.write_response_header(Box::new(resp), true).await?;
+    ctx.outcome.answered(204);
+    Ok(())
+}
+
+/// `fail_to_proxy`: the JSON error for whatever went wrong (the pending refusal, else one
+/// made from the error), unless the client is gone or a response already started. Either
+/// way the request ends with that refusal.
 pub async fn fail(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-    let reject = ctx.reject.take().unwrap_or_else(|| {
+    let reject = ctx.take_pending().unwrap_or_else(|| {
         let (status, code, message) = classify(e);
         Reject::new(status, code, message)
     });
-    let status = reject.status;
     let downstream_dead = matches!(e.esource(), ErrorSource::Downstream)
         && matches!(
             e.etype(),
             ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
         );
-    let mut written = 0;
+    let mut written = false;
     if !downstream_dead && session.response_written().is_none() {
-        if let Err(err) = send(session, &ctx.request_id, &reject, true).await {
-            log::debug!("could not send error response: {err}");
-        } else {
-            written = status;
-            ctx.final_status = Some(status);
+        match send(session, &ctx.request_id, &reject, true).await {
+            Ok(()) => written = true,
+            Err(err) => log::debug!("could not send error response: {err}"),
         }
     }
-    ctx.reject = Some(reject);
+    ctx.outcome.refused(&reject, written);
     FailToProxy {
-        error_code: written,
+        error_code: if written { reject.status } else { 0 },
         can_reuse_downstream: false,
     }
 }

@@ -1,4 +1,4 @@
-//! The connection to the fleet's Redis: one server (a multiplexed `ConnectionManager`) or a
+//! The connection to the fleet's Redis (`cluster`, and the limiter's `rate_limits.cluster`): one server (a multiplexed `ConnectionManager`) or a
 //! Redis Cluster (the `redis` crate's cluster client), behind one type. Connecting is lazy;
 //! after a failure the next attempt waits (from `min_wait`, doubling up to `max_wait`, with
 //! jitter), so a dead Redis costs one refused connect per wait, never a busy loop.
@@ -81,21 +81,46 @@ pub struct Link {
     backoff: Mutex<Backoff>,
 }
 
-/// `redis://user:secret@host` → `redis://user:REDACTED@host` for logs and errors.
-pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((auth, host)) => {
-                let user = auth.split_once(':').map_or(auth, |(u, _)| u);
-                if auth.contains(':') {
-                    format!("{scheme}://{user}:REDACTED@{host}")
-                } else {
-                    format!("{scheme}://REDACTED@{host}")
-                }
-            }
-            None => url.to_string(),
-        },
-        None => url.to_string(),
+pub use crate::config::cluster::redact;
+
+/// The fleet's Redis keys. Every one carries the hash tag `{prefix}`, so that in a Redis
+/// Cluster they all sit on one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    base: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            base: format!("{{{prefix}}}"),
+        }
+    }
+
+    /// `{prefix}`: what rate-limit, instance and revocation keys start with.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// A random value set once (`SET NX`); a different one means Redis lost the data.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.base)
+    }
+
+    pub fn registry(&self, upstream: &str) -> String {
+        format!("{}:reg:{upstream}", self.base)
+    }
+
+    pub fn purges(&self) -> String {
+        format!("{}:purges", self.base)
+    }
+
+    pub fn members(&self) -> String {
+        format!("{}:members", self.base)
+    }
+
+    pub fn members_seen(&self) -> String {
+        format!("{}:members:seen", self.base)
     }
 }
 
