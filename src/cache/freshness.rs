@@ -174,7 +174,13 @@ pub struct Received {
 impl Received {
     pub fn new(resp: &ResponseHeader, at: SystemTime) -> Received {
         let date = single_date(resp, &DATE).unwrap_or(at);
-        let apparent = at.duration_since(date).unwrap_or_default();
+        // `Date` has a resolution of a second: the first second of apparent age is noise (a
+        // response made at x.999 s and received at x+1.001 s looks a second old)
+        let apparent = at
+            .duration_since(date)
+            .unwrap_or_default()
+            .saturating_sub(Duration::from_secs(1));
+        let apparent = Duration::from_secs(apparent.as_secs());
         let age = Duration::from_secs(age_value(resp).unwrap_or(0));
         Received {
             at,
@@ -545,7 +551,8 @@ mod tests {
         let at = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let date = httpdate::fmt_http_date(at - Duration::from_secs(10));
         let rx = Received::new(&resp(&[("date", &date), ("age", "3")]), at);
-        assert_eq!(rx.initial_age, Duration::from_secs(10));
+        // the first second does not count (Date is rounded down to the second)
+        assert_eq!(rx.initial_age, Duration::from_secs(9));
         let rx = Received::new(&resp(&[("date", &date), ("age", "25")]), at);
         assert_eq!(rx.initial_age, Duration::from_secs(25));
         assert_eq!(rx.epoch(), at - Duration::from_secs(25));
