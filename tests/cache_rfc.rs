@@ -89,11 +89,14 @@ fn date(offset: i64) -> String {
     httpdate::fmt_http_date(t)
 }
 
+/// One scripted answer: status, headers, body.
+type Answer = (u16, Vec<(String, String)>, String);
+
 /// Responses by path: the upstream answers each path with the next of its list (the last one
 /// repeats), and records each request's headers.
 #[derive(Clone, Default)]
 struct Script {
-    answers: Arc<Mutex<HashMap<String, Vec<(u16, Vec<(String, String)>, String)>>>>,
+    answers: Arc<Mutex<HashMap<String, Vec<Answer>>>>,
     seen: Arc<Mutex<HashMap<String, Vec<http::HeaderMap>>>>,
 }
 

@@ -422,7 +422,7 @@ mod sf {
                 }
                 Some(d) => {
                     let (int, frac) = (d - start, self.i - d - 1);
-                    (int >= 1 && int <= 12 && (1..=3).contains(&frac)).then_some(Item::Decimal)
+                    ((1..=12).contains(&int) && (1..=3).contains(&frac)).then_some(Item::Decimal)
                 }
             }
         }

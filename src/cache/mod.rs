@@ -319,9 +319,7 @@ pub fn hit_filter(
             || d.min_fresh.is_some_and(|m| left < m);
         return revalidate.then_some(ForcedFreshness::ForceExpired);
     }
-    let Some(max_stale) = d.max_stale else {
-        return None;
-    };
+    let max_stale = d.max_stale?;
     let stale_for = now
         .duration_since(meta.fresh_until())
         .unwrap_or_default()
