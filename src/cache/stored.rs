@@ -6,8 +6,9 @@ use http::header::{AGE, CONNECTION, SET_COOKIE};
 use http::HeaderName;
 use pingora_http::ResponseHeader;
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1) and others that describe one connection, never stored.
-const HOP_BY_HOP: [&str; 9] = [
+/// Hop-by-hop fields (RFC 9110 §7.6.1) and the proxy-authentication ones, which describe one
+/// connection or one proxy: never stored (RFC 9111 §3.1).
+const HOP_BY_HOP: [&str; 10] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -17,6 +18,7 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
     "proxy-authenticate",
     "proxy-authentication-info",
+    "proxy-authorization",
 ];
 
 /// Fields a `304` does not update: they describe the stored bytes, which it does not replace,
