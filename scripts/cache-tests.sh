@@ -61,7 +61,10 @@ routes:
 YAML
 "$BIN" -t -c "$TMP/gateway.yaml" >/dev/null || die "the generated gateway config is invalid"
 
-(cd "$SUITE" && exec npm run --silent server --port="$ORIGIN_PORT" --pidfile="$TMP/origin.pid") \
+# the suite's `npm run server`, without npm in between (so the pid is the server's and the
+# cleanup stops it)
+(cd "$SUITE" && npm_config_protocol=http npm_config_port="$ORIGIN_PORT" \
+  npm_config_pidfile="$TMP/origin.pid" exec node test-engine/server/server.mjs) \
   >"$TMP/origin.log" 2>&1 &
 PIDS+=($!)
 "$BIN" -c "$TMP/gateway.yaml" >"$TMP/gateway.log" 2>&1 &
