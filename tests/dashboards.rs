@@ -71,7 +71,7 @@ rate_limits:
   policies:
     one: {{ key: ip, requests: 1, per: 60s }}
 routes:
-  - {{ name: cached, match: {{ path: "/c/**" }}, upstream: up, cache: {{ ttl: 60s }} }}
+  - {{ name: cached, match: {{ path: "/c/**" }}, upstream: up, cache: {{ default_ttl: 60s }} }}
   - {{ name: limited, match: {{ path: "/rl/**" }}, upstream: up, rate_limit: [one] }}
   - {{ name: plain, match: {{ path: "/p/**" }}, upstream: up }}
 "#,
