@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RELEASE := target/release
 
-.PHONY: deps build run test lint bench load-test chaos install fuzz mutants clean
+.PHONY: deps build run test lint bench load-test chaos cache-tests install fuzz mutants clean
 
 deps:
 	@missing=""; \
@@ -52,6 +52,14 @@ load-test: build
 # when a target is missed. CHAOS_SECONDS=60 (default 180), SOAK=10m. load-tests/README.md.
 chaos: deps
 	./load-tests/chaos.sh
+
+# The HTTP caching conformance suite (not in `make test`: CI has no copy of it). Clone
+# github.com/http-tests/cache-tests and pass its path; prints required/optimal/total passed
+# (docs/cache.md). FAILS=1 lists the rest.
+CACHE_TESTS ?= ../cache-tests
+cache-tests:
+	$(CARGO) build --bins
+	./scripts/cache-tests.sh $(CACHE_TESTS) target/debug/portcullis
 
 install: build
 	$(SUDO) install -D -m 0755 $(RELEASE)/portcullis $(PREFIX)/bin/portcullis

@@ -254,7 +254,7 @@ routes:
   - name: cached
     match: {{ path: "/cached/**", methods: [GET] }}
     upstream: pool
-    cache: {{ ttl: 2s }}
+    cache: {{ default_ttl: 2s }}
   - name: limited
     match: {{ path: "/limited/**" }}
     upstream: pool

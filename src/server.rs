@@ -159,6 +159,7 @@ pub fn run(runtime: Arc<Runtime>, opts: Options) -> Result<(), String> {
     }
 
     crate::observe::access_log::watch_phases(server.watch_execution_phase());
+    crate::observe::access_log::prepare(&snap.config.access_log);
     server.add_service(background_service(
         "portcullis supervisor",
         Supervisor {

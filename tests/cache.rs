@@ -95,11 +95,11 @@ server:
 upstreams:
   u: { backends: [{ addr: "{up}" }] }
 routes:
-  - { name: cached, match: { path: "/c/**" }, upstream: u, cache: { ttl: 30s } }
-  - { name: short, match: { path: "/short/**" }, upstream: u, cache: { ttl: 1s } }
-  - { name: override, match: { path: "/override/**" }, upstream: u, cache: { ttl: 30s, override: true } }
-  - { name: tenant, match: { path: "/tenant/**" }, upstream: u, cache: { ttl: 30s, key_headers: [x-tenant] } }
-  - { name: other, match: { path: "/o/**" }, upstream: u, cache: { ttl: 30s } }
+  - { name: cached, match: { path: "/c/**" }, upstream: u, cache: { default_ttl: 30s } }
+  - { name: short, match: { path: "/short/**" }, upstream: u, cache: { default_ttl: 1s } }
+  - { name: override, match: { path: "/override/**" }, upstream: u, cache: { override: 30s } }
+  - { name: tenant, match: { path: "/tenant/**" }, upstream: u, cache: { default_ttl: 30s, key_headers: [x-tenant] } }
+  - { name: other, match: { path: "/o/**" }, upstream: u, cache: { default_ttl: 30s } }
   - { name: plain, match: { path: "/p/**" }, upstream: u }
 "#;
 
@@ -189,7 +189,7 @@ async fn ttl_expiry_and_upstream_freshness() {
     }));
     let gw = start(BASIC, &up).await;
 
-    // the route's TTL
+    // the route's default TTL (the upstream says nothing)
     assert_eq!(get(&gw, "/short/a", &[]).await.x_cache(), "MISS");
     assert_eq!(get(&gw, "/short/a", &[]).await.x_cache(), "HIT");
     wait_out(Duration::from_secs(1)).await; // the 1 s TTL
@@ -197,7 +197,7 @@ async fn ttl_expiry_and_upstream_freshness() {
     assert_eq!(get(&gw, "/short/a", &[]).await.x_cache(), "HIT");
     assert_eq!(up.hits_for("/short/a"), 2);
 
-    // upstream max-age shortens a 30 s route TTL...
+    // upstream max-age rules over the route's default...
     assert_eq!(get(&gw, "/c/maxage", &[]).await.x_cache(), "MISS");
     assert_eq!(get(&gw, "/c/maxage", &[]).await.x_cache(), "HIT");
     // ...unless the route overrides it
@@ -219,7 +219,7 @@ async fn ttl_expiry_and_upstream_freshness() {
 }
 
 #[tokio::test]
-async fn no_store_private_and_cookies_are_not_stored() {
+async fn no_store_private_and_no_cache_without_validator_are_not_stored() {
     let up = Upstream::start("u").await;
     up.set_handler(Arc::new(|req| match req.uri().path() {
         "/c/nostore" => Some(respond(200, &[("cache-control", "no-store")], "x")),
@@ -228,7 +228,6 @@ async fn no_store_private_and_cookies_are_not_stored() {
             &[("cache-control", "private, max-age=60")],
             "x",
         )),
-        "/c/cookie" => Some(respond(200, &[("set-cookie", "session=1")], "x")),
         "/c/nocache" => Some(respond(200, &[("cache-control", "no-cache")], "x")),
         "/override/private" => Some(respond(200, &[("cache-control", "private")], "x")),
         _ => None,
@@ -237,7 +236,6 @@ async fn no_store_private_and_cookies_are_not_stored() {
     for path in [
         "/c/nostore",
         "/c/private",
-        "/c/cookie",
         "/c/nocache",
         "/override/private",
     ] {
@@ -314,9 +312,9 @@ rate_limits:
   policies:
     tight: { key: client, requests: 2, per: 60s }
 routes:
-  - { name: mine, match: { path: "/mine/**" }, upstream: u, auth: { any_of: [api_key] }, cache: { ttl: 30s } }
-  - { name: shared, match: { path: "/shared/**" }, upstream: u, auth: { any_of: [api_key] }, cache: { ttl: 30s, shared: true } }
-  - { name: limited, match: { path: "/limited/**" }, upstream: u, auth: { any_of: [api_key] }, rate_limit: [tight], cache: { ttl: 30s } }
+  - { name: mine, match: { path: "/mine/**" }, upstream: u, auth: { any_of: [api_key] }, cache: { default_ttl: 30s } }
+  - { name: shared, match: { path: "/shared/**" }, upstream: u, auth: { any_of: [api_key] }, cache: { default_ttl: 30s, shared: true } }
+  - { name: limited, match: { path: "/limited/**" }, upstream: u, auth: { any_of: [api_key] }, rate_limit: [tight], cache: { default_ttl: 30s } }
 "#
     .replace("ALICE_SHA", &sha(ALICE))
     .replace("BOB_SHA", &sha(BOB));
@@ -409,7 +407,7 @@ server:
 upstreams:
   u: { backends: [{ addr: "{up}" }] }
 routes:
-  - { match: { path: "/swr/**" }, upstream: u, cache: { ttl: 1s, stale_while_revalidate: 30s } }
+  - { match: { path: "/swr/**" }, upstream: u, cache: { default_ttl: 1s, stale_while_revalidate: 30s } }
 "#;
     let gw = start(yaml, &up).await;
     let r = get(&gw, "/swr/a", &[]).await;
@@ -439,8 +437,8 @@ server:
 upstreams:
   u: { backends: [{ addr: "{up}" }], retry: { attempts: 1, backoff: 10ms } }
 routes:
-  - { match: { path: "/sie/**" }, upstream: u, cache: { ttl: 1s, stale_if_error: 60s } }
-  - { match: { path: "/nostale/**" }, upstream: u, cache: { ttl: 1s } }
+  - { match: { path: "/sie/**" }, upstream: u, cache: { default_ttl: 1s, stale_if_error: 60s } }
+  - { match: { path: "/nostale/**" }, upstream: u, cache: { default_ttl: 1s } }
 "#;
     let gw = start(yaml, &up).await;
     let fresh = get(&gw, "/sie/a", &[]).await;
@@ -562,7 +560,7 @@ server:
 upstreams:
   u: {{ backends: [{{ addr: "{up}" }}] }}
 routes:
-  - {{ match: {{ path: "/c/**" }}, upstream: u, cache: {{ ttl: {ttl} }} }}
+  - {{ match: {{ path: "/c/**" }}, upstream: u, cache: {{ default_ttl: {ttl} }} }}
 "#,
             up = up.addr
         )
@@ -610,7 +608,7 @@ upstreams:
   u: { backends: [{ addr: "{up}" }] }
 cache: { max_size: 1MiB, max_object_size: 64KiB }
 routes:
-  - { match: { path: "/fill/**" }, upstream: u, cache: { ttl: 60s } }
+  - { match: { path: "/fill/**" }, upstream: u, cache: { default_ttl: 60s } }
 "#;
     let gw = start(yaml, &up).await;
     let c = client();
@@ -669,44 +667,50 @@ fn cache_config_is_validated() {
         )
     };
     let (ok, out) = validate(&base(
-        "{ ttl: 30s, stale_if_error: 1m, key_headers: [x-t] }",
+        "{ default_ttl: 30s, max_ttl: 1h, stale_if_error: 1m, key_headers: [x-t], set_cookie: serve, targeted: { fields: [Edge-Cache-Control], forward: true } }",
         "cache: { max_size: 64MiB }\n",
     ));
     assert!(ok, "{out}");
     for (route_cache, global, want) in [
-        ("{ ttl: 0s }", "", "routes[0].cache.ttl"),
-        (
-            "{ ttl: 30s, statuses: [200, 99] }",
-            "",
-            "routes[0].cache.statuses[1]",
-        ),
-        (
-            "{ ttl: 30s, statuses: [206] }",
-            "",
-            "not a cacheable status",
-        ),
-        (
-            "{ ttl: 30s, key_headers: [\"bad header\"] }",
-            "",
-            "key_headers[0]",
-        ),
-        ("{ ttl: 30s, bogus: 1 }", "", "bogus"),
-        ("{ statuses: [200] }", "", "ttl"),
+        // `ttl` is gone; the error says what replaces it
         (
             "{ ttl: 30s }",
-            "cache: { max_size: 1KiB }\n",
-            "cache.max_size",
+            "",
+            "routes[0].cache.ttl: `ttl` was replaced",
         ),
         (
-            "{ ttl: 30s }",
+            "{ default_ttl: 0s }",
+            "",
+            "routes[0].cache.default_ttl: must be greater than 0",
+        ),
+        (
+            "{ override: 30s, max_ttl: 1m }",
+            "",
+            "routes[0].cache.max_ttl: has no effect with `override`",
+        ),
+        (
+            "{ default_ttl: 2m, max_ttl: 1m }",
+            "",
+            "routes[0].cache.default_ttl",
+        ),
+        ("{ override: true }", "", "override"),
+        ("{ statuses: [200, 99] }", "", "routes[0].cache.statuses[1]"),
+        ("{ statuses: [206] }", "", "not a cacheable status"),
+        ("{ key_headers: [\"bad header\"] }", "", "key_headers[0]"),
+        ("{ set_cookie: always }", "", "set_cookie"),
+        (
+            "{ targeted: { fields: [Cache-Control] } }",
+            "",
+            "routes[0].cache.targeted.fields[0]",
+        ),
+        ("{ bogus: 1 }", "", "bogus"),
+        ("{}", "cache: { max_size: 1KiB }\n", "cache.max_size"),
+        (
+            "{}",
             "cache: { max_size: 1MiB, max_object_size: 2MiB }\n",
             "cache.max_object_size",
         ),
-        (
-            "{ ttl: 30s }",
-            "cache: { lock_timeout: 0s }\n",
-            "cache.lock_timeout",
-        ),
+        ("{}", "cache: { lock_timeout: 0s }\n", "cache.lock_timeout"),
     ] {
         assert_refused(&base(route_cache, global), &[want]);
     }

@@ -74,7 +74,7 @@ rate_limits:
     one: {{ key: ip, requests: 1, per: 60s }}
 cluster: {{ redis: "redis://127.0.0.1:{redis_port}" }}
 routes:
-  - {{ name: cached, match: {{ path: "/c/**" }}, upstream: up, cache: {{ ttl: 60s }} }}
+  - {{ name: cached, match: {{ path: "/c/**" }}, upstream: up, cache: {{ default_ttl: 60s }} }}
   - {{ name: limited, match: {{ path: "/rl/**" }}, upstream: up, rate_limit: [one] }}
   - {{ name: plain, match: {{ path: "/p/**" }}, upstream: up }}
 "#,

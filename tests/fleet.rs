@@ -237,7 +237,7 @@ rate_limits:
 routes:
   - {{ name: svc, match: {{ path: "/svc/**" }}, upstream: svc }}
   - {{ name: cli, match: {{ path: "/cli/**" }}, upstream: cli }}
-  - {{ name: cached, match: {{ path: "/cached/**" }}, upstream: origin, cache: {{ ttl: 5m }} }}
+  - {{ name: cached, match: {{ path: "/cached/**" }}, upstream: origin, cache: {{ default_ttl: 5m }} }}
   - {{ name: limited, match: {{ path: "/limited/**" }}, upstream: origin, rate_limit: [shared] }}
   - {{ name: drain, match: {{ path: "/drain/**" }}, upstream: drainable }}
 {extra_route}

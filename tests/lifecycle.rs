@@ -413,7 +413,7 @@ async fn start_and_cache_fill_log_no_warnings() {
     let up = Upstream::start("a").await;
     let yaml = config(&up).replace(
         r#"  - { name: all, match: { path: "/**" }, upstream: a }"#,
-        r#"  - { name: cached, match: { path: "/c/**" }, upstream: a, cache: { ttl: 30s } }
+        r#"  - { name: cached, match: { path: "/c/**" }, upstream: a, cache: { default_ttl: 30s } }
   - { name: all, match: { path: "/**" }, upstream: a }"#,
     );
     let gw = Gateway::start_opts(

@@ -934,7 +934,7 @@ async fn cache_key_is_what_is_forwarded() {
     let up = Recorder::cacheable("cached").await;
     let gw = Conf::new()
         .upstream("up", &up)
-        .route("{ match: { path: \"/c/**\" }, upstream: up, cache: { ttl: 60s } }")
+        .route("{ match: { path: \"/c/**\" }, upstream: up, cache: { default_ttl: 60s } }")
         .start()
         .await;
     let mut t = Report::default();
@@ -1006,8 +1006,8 @@ async fn unnamed_routes_differing_by_header_do_not_share_cache_entries() {
     let gw = Conf::new()
         .upstream("canary", &canary)
         .upstream("stable", &stable)
-        .route("{ match: { path: \"/prod/**\", headers: { x-canary: \"1\" } }, upstream: canary, cache: { ttl: 60s } }")
-        .route("{ match: { path: \"/prod/**\" }, upstream: stable, cache: { ttl: 60s } }")
+        .route("{ match: { path: \"/prod/**\", headers: { x-canary: \"1\" } }, upstream: canary, cache: { default_ttl: 60s } }")
+        .route("{ match: { path: \"/prod/**\" }, upstream: stable, cache: { default_ttl: 60s } }")
         .start()
         .await;
     let mut t = Report::default();

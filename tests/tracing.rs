@@ -142,7 +142,7 @@ auth:
   api_keys:
     keys: [{{ id: tracer, sha256: "{key}" }}]
 routes:
-  - {{ name: items, match: {{ path: "/items/**" }}, upstream: shop, auth: {{ any_of: [api_key] }}, cache: {{ ttl: 60s }} }}
+  - {{ name: items, match: {{ path: "/items/**" }}, upstream: shop, auth: {{ any_of: [api_key] }}, cache: {{ default_ttl: 60s }} }}
 "#,
         live = live.addr,
         key = hex::encode(Sha256::digest(KEY.as_bytes())),
@@ -274,7 +274,7 @@ async fn a_dead_collector_costs_requests_nothing_and_drops_are_counted() {
     let live = Upstream::start("live").await;
     let dead_collector = dead_port();
     let yaml = config(&addr_of(&dead_collector).to_string(), &live, live.addr)
-        .replace(", cache: { ttl: 60s }", "");
+        .replace(", cache: { default_ttl: 60s }", "");
     let gw = Gateway::start(&yaml).await;
     let c = client();
     for i in 0..20 {

@@ -95,6 +95,28 @@ pub fn build(input: &KeyInput<'_>) -> CacheKey {
     CacheKey::new(primary, input.route_id)
 }
 
+/// The stored-primary prefix of every entry of `path?query` on `authority`, whatever the route,
+/// identity or variant: what an unsafe request to that URI invalidates (RFC 9111 §4.4).
+/// `path` is normalised like request paths; `query` is as forwarded (less the credential
+/// parameter, as in [`build`]).
+pub fn invalidation_prefix(
+    path: &str,
+    query: Option<&str>,
+    authority: &str,
+    credential_param: Option<&str>,
+) -> Result<Vec<u8>, String> {
+    let normalized = path::normalize(path).map_err(|e| e.message().to_string())?;
+    let query: Cow<'_, str> = match (query, credential_param) {
+        (None, _) => Cow::Borrowed(""),
+        (Some(q), None) => Cow::Borrowed(q),
+        (Some(q), Some(param)) => Cow::Owned(crate::auth::query_without(q, param)),
+    };
+    let mut out = resource(&normalized, &query);
+    push_component(&mut out, b"GET");
+    push_component(&mut out, authority.as_bytes());
+    Ok(out)
+}
+
 /// The stored-primary prefix shared by every entry of exactly this `path?query` (as a client
 /// would request it: the path is normalised like request paths, the query taken as given).
 pub fn purge_key_prefix(key: &str) -> Result<Vec<u8>, String> {
@@ -129,13 +151,11 @@ mod tests {
 
     fn route(auth: bool, shared: bool, key_headers: &[&str]) -> RouteCache {
         let cfg = RouteCacheConfig {
-            ttl: Dur::secs(30),
-            statuses: vec![200],
+            default_ttl: Some(Dur::secs(30)),
+            statuses: Some(vec![200]),
             key_headers: key_headers.iter().map(|s| s.to_string()).collect(),
             shared,
-            override_upstream: false,
-            stale_while_revalidate: Dur::secs(0),
-            stale_if_error: Dur::secs(0),
+            ..Default::default()
         };
         let src = crate::config::parse_str("t.yaml", "{}").unwrap();
         let mut p = Problems::new(&src);

@@ -8,16 +8,23 @@
 //! 1. [`enable`]: GET/HEAD on a caching route turns pingora's cache on for this request.
 //! 2. [`key::build`]: the primary key (normalised path + query as forwarded, then method, host, route,
 //!    a hash of the route's cache settings, the identity, the configured key headers).
-//! 3. Lookup; [`variance`] picks the variant named by the stored response's `Vary`;
-//!    [`hit_filter`] forces revalidation for a request's `Cache-Control: no-cache`.
+//! 3. Lookup; [`variance`] picks the variant named by the stored response's `Vary` (values
+//!    normalised); [`hit_filter`] applies the request's `Cache-Control` (`no-cache`,
+//!    `max-age`, `min-fresh`, `max-stale`).
 //! 4. On a miss the cache lock lets one request fetch; [`policy::response`] decides whether the
-//!    response is stored and for how long.
+//!    response is stored and for how long ([`freshness`], [`dates`]), and what of it is
+//!    stored ([`stored`]); a `304` updates the stored headers ([`stored::merge_304`]).
 //! 5. [`status`] / [`decorate`]: `X-Cache` and `Age` in `response_filter`, and the counters.
+//! 6. A successful unsafe request invalidates what is stored for its URI ([`invalidate`]).
 
+pub mod dates;
+pub mod freshness;
+pub mod invalidate;
 pub mod key;
 pub mod policy;
 pub mod purge;
 pub mod storage;
+pub mod stored;
 
 pub use policy::RouteCache;
 pub use storage::MemoryStorage;
@@ -26,7 +33,7 @@ use crate::config::CacheConfig;
 use http::header::AGE;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::predictor::Predictor;
-use pingora_cache::{CacheOptionOverrides, CachePhase, ForcedFreshness, HttpCache};
+use pingora_cache::{CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HttpCache};
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,12 +137,14 @@ impl CacheStatus {
 
 /// Per-request cache state carried in the proxy context (what `X-Cache` reported is in
 /// `Outcome::cache_status` of the proxy context, for the access log).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct CacheCtx {
     /// The route caches: its responses carry `X-Cache`.
     pub route: bool,
     /// The request was not eligible, so the cache was never enabled for it.
     pub bypass: bool,
+    /// The upstream's `304` to a revalidation, kept to update the stored headers with.
+    pub not_modified: Option<Box<ResponseHeader>>,
 }
 
 /// Counters for the observability work to export. Updated from the proxy phases; the storage
@@ -147,6 +156,7 @@ pub struct CacheStats {
     stale: AtomicU64,
     bypasses: AtomicU64,
     purged: AtomicU64,
+    invalidated: AtomicU64,
 }
 
 pub static STATS: CacheStats = CacheStats::new();
@@ -165,6 +175,7 @@ impl CacheStats {
             stale: AtomicU64::new(0),
             bypasses: AtomicU64::new(0),
             purged: AtomicU64::new(0),
+            invalidated: AtomicU64::new(0),
         }
     }
 
@@ -192,6 +203,16 @@ impl CacheStats {
 
     pub fn record_purged(&self, entries: usize) {
         self.purged.fetch_add(entries as u64, Ordering::Relaxed);
+    }
+
+    pub fn record_invalidated(&self, entries: usize) {
+        self.invalidated
+            .fetch_add(entries as u64, Ordering::Relaxed);
+    }
+
+    /// Entries removed by successful unsafe requests to their URI (RFC 9111 §4.4).
+    pub fn invalidated(&self) -> u64 {
+        self.invalidated.load(Ordering::Relaxed)
     }
 
     /// Responses served from the cache (fresh or revalidated).
@@ -237,6 +258,7 @@ impl CacheStats {
             "stale": self.stale_serves(),
             "bypasses": self.bypasses(),
             "purged": self.purged(),
+            "invalidated": self.invalidated(),
             "evictions": self.evictions(),
             "rejections": storage().rejections(),
             "bytes_stored": self.bytes_stored(),
@@ -274,30 +296,105 @@ fn is_upgrade(req: &RequestHeader) -> bool {
     req.headers.contains_key(http::header::UPGRADE)
 }
 
-/// `cache_hit_filter`: a request's `Cache-Control: no-cache` (or `max-age=0`, or
-/// `Pragma: no-cache` without `Cache-Control`) makes a fresh entry revalidate with the upstream.
-pub fn hit_filter(req: &RequestHeader, is_fresh: bool) -> Option<ForcedFreshness> {
-    (is_fresh && policy::request_wants_revalidation(req)).then_some(ForcedFreshness::ForceExpired)
+/// `cache_hit_filter`: the request's own `Cache-Control` (RFC 9111 §5.2.1). `no-cache`,
+/// `max-age=0` (or `Pragma: no-cache` without `Cache-Control`) make a fresh entry revalidate,
+/// as do a `max-age` below its age and a `min-fresh` above what is left of its lifetime;
+/// `max-stale` lets a stale one be served as it is, unless it must be revalidated.
+pub fn hit_filter(
+    route: &RouteCache,
+    req: &RequestHeader,
+    meta: &CacheMeta,
+    is_fresh: bool,
+) -> Option<ForcedFreshness> {
+    let d = freshness::RequestDirectives::new(req);
+    let age = meta.age().as_secs();
+    let now = std::time::SystemTime::now();
+    if is_fresh {
+        let left = meta
+            .fresh_until()
+            .duration_since(now)
+            .unwrap_or_default()
+            .as_secs();
+        let revalidate = d.no_cache
+            || d.max_age.is_some_and(|m| age > m || m == 0)
+            || d.min_fresh.is_some_and(|m| left < m);
+        return revalidate.then_some(ForcedFreshness::ForceExpired);
+    }
+    let max_stale = d.max_stale?;
+    let stale_for = now
+        .duration_since(meta.fresh_until())
+        .unwrap_or_default()
+        .as_secs();
+    let stored = policy::directives(route, meta.response_header());
+    let usable = stale_for <= max_stale
+        && !d.no_cache
+        && !stored.forbids_stale()
+        && d.max_age.is_none_or(|m| age <= m);
+    usable.then_some(ForcedFreshness::ForceFresh)
 }
 
 /// `cache_vary_filter`: the variance of a stored response for this request, from the response's
-/// `Vary` header names and the request's values of them.
+/// `Vary` header names and the request's values of them (normalised: [`vary_value`]).
 pub fn variance(
     resp: &ResponseHeader,
     req: &RequestHeader,
 ) -> Option<pingora_cache::key::HashBinary> {
     let mut builder = pingora_cache::VarianceBuilder::new();
     for name in policy::vary_names(resp) {
-        let mut value = Vec::new();
-        for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
-            if i > 0 {
-                value.push(b',');
-            }
-            value.extend_from_slice(v.as_bytes());
-        }
+        let value = vary_value(&name, req);
         builder.add_owned_name_value(name, value);
     }
     builder.finalize()
+}
+
+/// A request's value of a varied header in a canonical form: every line's list members,
+/// trimmed, joined by `,`. For the `Accept-*` headers of languages, encodings and charsets,
+/// whose members are case-insensitive and ordered only by their weights, the members are
+/// also lower-cased and sorted by weight, then by name: `en, DE` and `de,en` select the same
+/// variant.
+pub fn vary_value(name: &str, req: &RequestHeader) -> Vec<u8> {
+    let mut members: Vec<String> = Vec::new();
+    for line in req.headers.get_all(name) {
+        let text = String::from_utf8_lossy(line.as_bytes());
+        members.extend(
+            text.split(',')
+                .map(|m| m.trim().to_string())
+                .filter(|m| !m.is_empty()),
+        );
+    }
+    if matches!(
+        name,
+        "accept-language" | "accept-encoding" | "accept-charset"
+    ) {
+        let mut weighted: Vec<(u16, String)> = members
+            .iter()
+            .map(|m| {
+                let m = m.to_ascii_lowercase();
+                let mut parts = m.split(';').map(str::trim);
+                let token = parts.next().unwrap_or("").to_string();
+                let q = parts
+                    .find_map(|p| p.strip_prefix("q="))
+                    .map_or(1000, quality);
+                let canonical = if q == 1000 {
+                    token
+                } else {
+                    format!("{token};q={}", f64::from(q) / 1000.0)
+                };
+                (q, canonical)
+            })
+            .collect();
+        weighted.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        members = weighted.into_iter().map(|(_, m)| m).collect();
+    }
+    members.join(",").into_bytes()
+}
+
+/// A weight (`q=0.5`) in thousandths; an invalid one counts as 1.
+fn quality(v: &str) -> u16 {
+    v.parse::<f64>()
+        .ok()
+        .filter(|q| (0.0..=1.0).contains(q))
+        .map_or(1000, |q| (q * 1000.0).round() as u16)
 }
 
 /// `should_serve_stale`: during revalidation (`error` is `None`) pingora has already checked the
@@ -327,18 +424,28 @@ pub fn status(cache: &HttpCache, bypassed: bool) -> CacheStatus {
     }
 }
 
-/// Set `X-Cache`, and `Age` on responses that are (or are about to be) cached.
+/// Set `X-Cache`, and `Age` on responses that are (or are about to be) cached: a response
+/// served from the store gets its current age (its age on arrival plus its time here); one
+/// fetched to be stored keeps the upstream's `Age` (or gets `0`). Targeted cache-control
+/// fields are removed unless the route forwards them.
 pub fn decorate(
     resp: &mut ResponseHeader,
     status: CacheStatus,
     cache: &HttpCache,
+    route: &RouteCache,
 ) -> pingora_error::Result<()> {
     resp.insert_header("x-cache", status.as_str())?;
-    if status != CacheStatus::Bypass && !resp.headers.contains_key(AGE) {
-        let age = cache
-            .maybe_cache_meta()
-            .map(|m| m.age().as_secs())
-            .unwrap_or(0);
+    if !route.forward_targeted {
+        for name in &route.targeted {
+            resp.remove_header(name);
+        }
+    }
+    let from_store = matches!(status, CacheStatus::Hit | CacheStatus::Stale);
+    if from_store || (status == CacheStatus::Miss && !resp.headers.contains_key(AGE)) {
+        let age = match (from_store, cache.maybe_cache_meta()) {
+            (true, Some(m)) => m.age().as_secs(),
+            _ => 0,
+        };
         resp.insert_header(AGE, age.to_string())?;
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! Configuration: the YAML model, its units, and errors that name the file, key path and line.
 
+pub mod cache;
 pub mod cluster;
 pub mod lines;
 pub mod model;

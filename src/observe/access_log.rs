@@ -409,9 +409,12 @@ fn run_writer(rx: Receiver<Msg>, current: LogConfig) {
 /// so that a reload can move the file.
 pub type LogConfig = Box<dyn Fn() -> crate::config::AccessLogConfig + Send>;
 
-/// Start the writer (called from a background service, after daemonisation).
-pub fn start(current: LogConfig) {
-    let cfg = current();
+/// The writer's end of the queue between [`prepare`] and [`start`].
+static PENDING: std::sync::Mutex<Option<Receiver<Msg>>> = std::sync::Mutex::new(None);
+
+/// Open the queue before the listeners start, so that no request is served while lines
+/// would still be dropped; they wait there (bounded by `buffer`) until the writer starts.
+pub fn prepare(cfg: &crate::config::AccessLogConfig) {
     if !cfg.enabled {
         return;
     }
@@ -419,6 +422,17 @@ pub fn start(current: LogConfig) {
     if SINK.set(tx).is_err() {
         return;
     }
+    if let Ok(mut p) = PENDING.lock() {
+        *p = Some(rx);
+    }
+}
+
+/// Start the writer on the queue [`prepare`] opened (called from a background service,
+/// after daemonisation: a thread started before the fork would not survive it).
+pub fn start(current: LogConfig) {
+    let Some(rx) = PENDING.lock().ok().and_then(|mut p| p.take()) else {
+        return;
+    };
     let spawned = std::thread::Builder::new()
         .name("access-log".into())
         .spawn(move || run_writer(rx, current));

@@ -77,12 +77,12 @@ impl ProxyHttp for Gateway {
     async fn cache_hit_filter(
         &self,
         session: &mut Session,
-        _meta: &CacheMeta,
+        meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
         is_fresh: bool,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
-        Ok(crate::cache::hit_filter(session.req_header(), is_fresh))
+        Ok(caching::hit(session, meta, is_fresh, ctx))
     }
 
     fn response_cache_filter(
@@ -91,12 +91,20 @@ impl ProxyHttp for Gateway {
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
-        Ok(match ctx.route().and_then(|r| r.cache.as_deref()) {
-            Some(rc) => crate::cache::policy::response(rc, session.req_header(), resp),
-            None => {
-                RespCacheable::Uncacheable(pingora_cache::NoCacheReason::Custom("no cache route"))
-            }
-        })
+        Ok(caching::response_cacheable(session, resp, ctx))
+    }
+
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<bool> {
+        Ok(caching::not_modified(session.req_header(), resp))
+    }
+
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        caching::only_if_cached(session, ctx).await
     }
 
     fn cache_vary_filter(
@@ -161,7 +169,9 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        peer::on_response(session, resp, ctx)
+        peer::on_response(session, resp, ctx)?;
+        caching::upstream_response(session, resp, ctx);
+        Ok(())
     }
 
     async fn upstream_request_filter(

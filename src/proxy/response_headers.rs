@@ -31,9 +31,13 @@ pub fn decorate(session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx)
             resp.set(k, hdr::owned(v)?)?;
         }
     }
-    if ctx.cache.route {
+    if let Some(rc) = ctx
+        .route()
+        .and_then(|r| r.cache.as_deref())
+        .filter(|_| ctx.cache.route)
+    {
         let status = crate::cache::status(&session.cache, ctx.cache.bypass);
-        crate::cache::decorate(resp, status, &session.cache)?;
+        crate::cache::decorate(resp, status, &session.cache, rc)?;
         // a background refresh's response reaches no client: not counted
         if session.subrequest_ctx.is_none() {
             crate::cache::STATS.record(status);

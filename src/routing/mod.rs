@@ -30,8 +30,12 @@ const METHOD_NAMES: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
 ];
 
+/// Methods outside [`METHOD_NAMES`] (extension methods such as `M-SEARCH`): a route without a
+/// `methods` list forwards them; a list cannot name them.
+const EXTENSION: u16 = 1 << 9;
+
 impl Methods {
-    pub const ANY: Methods = Methods(0x1ff);
+    pub const ANY: Methods = Methods(0x1ff | EXTENSION);
 
     pub fn bit(m: &Method) -> u16 {
         match *m {
@@ -44,7 +48,7 @@ impl Methods {
             Method::OPTIONS => 1 << 6,
             Method::TRACE => 1 << 7,
             Method::CONNECT => 1 << 8,
-            _ => 0,
+            _ => EXTENSION,
         }
     }
 
@@ -398,6 +402,14 @@ mod tests {
             Lookup::MethodNotAllowed(m) => assert_eq!(m.allow_header(), "GET, HEAD, DELETE"),
             other => panic!("{other:?}"),
         }
+        // extension methods: forwarded by routes without a list, 405 where a list applies
+        let m_search = Method::from_bytes(b"M-SEARCH").unwrap();
+        assert!(matches!(
+            find(&r, "x", "/items/1", m_search.clone()),
+            Lookup::MethodNotAllowed(_)
+        ));
+        let any = Router::new(vec![spec(None, "/items/:id", None)]);
+        assert_eq!(find(&any, "x", "/items/1", m_search), Lookup::Found(0));
     }
 
     #[test]

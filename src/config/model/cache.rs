@@ -37,33 +37,4 @@ pub(crate) fn default_cache_lock_timeout() -> Dur {
     Dur::secs(5)
 }
 
-/// Per-route response caching.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RouteCacheConfig {
-    /// How long a response stays fresh; upstream `max-age` / `s-maxage` / `Expires` may shorten it.
-    pub ttl: Dur,
-    /// Upstream statuses that are stored.
-    #[serde(default = "default_cache_statuses")]
-    pub statuses: Vec<u16>,
-    /// Request headers whose values are part of the key (beyond the upstream's `Vary`).
-    #[serde(default, alias = "vary_headers")]
-    pub key_headers: Vec<String>,
-    /// On an authenticated route, one entry serves every identity (default: one per identity).
-    #[serde(default)]
-    pub shared: bool,
-    /// Ignore the upstream's freshness (`max-age`, `s-maxage`, `Expires`, `no-cache`,
-    /// `stale-*`): the route's settings rule. `no-store` and `private` are still honoured.
-    #[serde(default, rename = "override")]
-    pub override_upstream: bool,
-    /// After `ttl`, serve the stale entry this long while one request refreshes it.
-    #[serde(default)]
-    pub stale_while_revalidate: Dur,
-    /// After `ttl`, serve the stale entry this long when the upstream fails.
-    #[serde(default)]
-    pub stale_if_error: Dur,
-}
-
-pub(crate) fn default_cache_statuses() -> Vec<u16> {
-    vec![200, 203, 204, 301, 404]
-}
+pub use crate::config::cache::{RouteCacheConfig, SetCookie, TargetedConfig};
