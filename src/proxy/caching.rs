@@ -1,7 +1,7 @@
 //! Glue between the proxy phases and the response cache (`crate::cache`).
 
-use super::ctx::Ctx;
 use super::answer;
+use super::ctx::Ctx;
 use crate::reject::Reject;
 use pingora_cache::{
     CacheKey, CacheMeta, CachePhase, ForcedFreshness, NoCacheReason, RespCacheable,

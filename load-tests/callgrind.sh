@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Instructions per proxied request of the full chain (API-key auth, rate limit, metrics,
+# access log: the bench route of load-tests/bench/portcullis.yaml), counted by callgrind —
+# the steady measure on a noisy machine. Two runs under valgrind: one serving REQUESTS
+# requests over 16 keep-alive connections, one only starting and stopping; the difference
+# divided by the requests served is the per-request cost.
+#
+# Usage: load-tests/callgrind.sh [BIN]   (default target/release/portcullis)
+#        REQUESTS (default 20000)
+# Needs valgrind and curl. Upstream: target/release/demo-upstream on a free port.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+BIN=$(realpath "${1:-$ROOT/target/release/portcullis}")
+UP=${UP:-$ROOT/target/release/demo-upstream}
+REQUESTS=${REQUESTS:-20000}
+KEY=NAvz8yGIEtGSVannK-sGhqwzhk44juUUxtK82MR900I
+for t in valgrind curl callgrind_annotate; do command -v $t >/dev/null || { echo "callgrind.sh: needs $t" >&2; exit 2; }; done
+[ -x "$BIN" ] && [ -x "$UP" ] || { echo "callgrind.sh: build first (cargo build --release --bins)" >&2; exit 2; }
+TMP=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UPORT=$(free_port); PPORT=$(free_port); APORT=$(free_port)
+"$UP" "bench=127.0.0.1:$UPORT" >"$TMP/up.log" 2>&1 & pids+=($!)
+sed -e "s/127.0.0.1:18083/127.0.0.1:$PPORT/" -e "s/127.0.0.1:18081/127.0.0.1:$UPORT/" \
+    -e "s/127.0.0.1:19090/127.0.0.1:$APORT/" -e "s#/tmp/portcullis-bench/access.log#$TMP/access.log#" \
+    "$HERE/bench/portcullis.yaml" >"$TMP/portcullis.yaml"
+export PORTCULLIS_DEMO_JWT_SECRET=callgrind-secret
+wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+# total Ir of one callgrind run; $1: label, $2: requests to send (0: start and stop only)
+run() {
+  valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.$1" "$BIN" -c "$TMP/portcullis.yaml" \
+    >"$TMP/gw.$1.log" 2>&1 & local gw=$!
+  wait_port "$PPORT"; wait_port "$APORT"
+  if [ "$2" -gt 0 ]; then
+    # warm one connection, then the measured requests over 16 connections
+    curl -s -o /dev/null -H "x-api-key: $KEY" "http://127.0.0.1:$PPORT/bench/ping"
+    local per=$(( $2 / 16 )) clients=()
+    for _ in $(seq 1 "$per"); do echo "url = \"http://127.0.0.1:$PPORT/bench/ping\""; echo "output = /dev/null"; done >"$TMP/urls"
+    for _ in $(seq 1 16); do
+      curl -s -H "x-api-key: $KEY" -K "$TMP/urls" & clients+=($!)
+    done
+    wait "${clients[@]}"
+  fi
+  kill -INT "$gw"; wait "$gw" 2>/dev/null || true
+  callgrind_annotate "$TMP/cg.$1" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done {gsub(",","",$1); print $1; done=1}'
+}
+served=$(( (REQUESTS / 16) * 16 + 1 ))
+busy=$(run busy "$REQUESTS")
+idle=$(run idle 0)
+lines=$(wc -l <"$TMP/access.log")
+python3 - "$busy" "$idle" "$served" "$lines" "$BIN" <<'PY'
+import sys
+busy, idle, served, lines, b = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+print(f"{b}: {(busy-idle)/served/1000:.1f}k instructions per request ({served} requests, {lines} access-log lines; busy {busy:,}, start-up only {idle:,})")
+PY
