@@ -7,58 +7,10 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-struct Reply {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn x_cache(&self) -> &str {
-        self.headers
-            .get("x-cache")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-    fn age(&self) -> Option<u64> {
-        self.headers
-            .get("age")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-    }
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-async fn send(
-    c: &reqwest::Client,
-    method: reqwest::Method,
-    url: &str,
-    headers: &[(&str, &str)],
-) -> Reply {
-    let mut rb = c.request(method, url);
-    for (k, v) in headers {
-        rb = rb.header(*k, *v);
-    }
-    let r = rb.send().await.expect("request");
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let body = r.bytes().await.unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
 
 async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Reply {
     send(&client(), reqwest::Method::GET, &gw.url(path), headers).await

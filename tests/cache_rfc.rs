@@ -17,27 +17,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-struct Reply {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn h(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-    fn x_cache(&self) -> &str {
-        self.h("x-cache").unwrap_or("")
-    }
-    fn age(&self) -> Option<u64> {
-        self.h("age").and_then(|v| v.parse().ok())
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
 async fn send(gw: &Gateway, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
     // redirects are responses like others here
@@ -47,19 +26,7 @@ async fn send(gw: &Gateway, method: &str, path: &str, headers: &[(&str, &str)]) 
         .timeout(Duration::from_secs(20))
         .build()
         .expect("client");
-    let mut rb = c.request(method, gw.url(path));
-    for (k, v) in headers {
-        rb = rb.header(*k, *v);
-    }
-    let r = rb.send().await.expect("request");
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let body = r.bytes().await.unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    common::send(&c, method, &gw.url(path), headers).await
 }
 
 async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Reply {

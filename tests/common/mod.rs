@@ -544,13 +544,39 @@ pub fn sha(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
-/// GET with extra request headers; (status, headers, body as JSON or Null).
-pub async fn get_with(
+/// A whole response: status, headers, body.
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn h(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn x_cache(&self) -> &str {
+        self.h("x-cache").unwrap_or("")
+    }
+    pub fn age(&self) -> Option<u64> {
+        self.h("age").and_then(|v| v.parse().ok())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// `method` `url` with extra request headers, read whole.
+pub async fn send(
     c: &reqwest::Client,
+    method: reqwest::Method,
     url: &str,
     headers: &[(&str, &str)],
-) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
-    let mut rb = c.get(url);
+) -> Reply {
+    let mut rb = c.request(method, url);
     for (k, v) in headers {
         rb = rb.header(*k, *v);
     }
@@ -558,8 +584,22 @@ pub async fn get_with(
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let body = r.bytes().await.unwrap_or_default();
-    let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    (status, headers, v)
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// GET with extra request headers; (status, headers, body as JSON or Null).
+pub async fn get_with(
+    c: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let r = send(c, reqwest::Method::GET, url, headers).await;
+    let v = r.json();
+    (r.status, r.headers, v)
 }
 
 /// A real `redis-server` on `port` (no persistence), killed on drop.
