@@ -884,8 +884,9 @@ async fn a_fleet_over_tls_to_redis() {
     let cert_file = write("redis.pem", leaf.pem());
     let key_file = write("redis.key", leaf_key.serialize_pem());
     let port = free_port();
-    let mut redis = Command::new("redis-server")
-        .args([
+    let redis = Redis::start_with(
+        port,
+        &[
             "--port",
             "0",
             "--tls-port",
@@ -898,18 +899,8 @@ async fn a_fleet_over_tls_to_redis() {
             &ca_file,
             "--tls-auth-clients",
             "no",
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    RedisCluster::wait_listening(port);
+        ],
+    );
 
     let origin = Upstream::start("origin").await;
     let backend = Upstream::start("registered").await;
@@ -938,6 +929,5 @@ async fn a_fleet_over_tls_to_redis() {
         "{}",
         cluster_status(&a).await
     );
-    let _ = redis.kill();
-    let _ = redis.wait();
+    drop(redis);
 }

@@ -1095,6 +1095,18 @@ async fn method_filter_does_not_fall_through_to_a_public_route() {
         "GET /app/ro/x without credentials",
     )
     .await;
+    // own case: extension methods are forwarded by routes without a method list (RFC 9111
+    // invalidation needs them); one must not fall through from the GET-only auth route
+    let what =
+        "M-SEARCH /app/ro/x (GET-only auth route) must not fall through to the public /app/**";
+    let r = attack(&gw, &up, b"M-SEARCH /app/ro/x HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    t.error(&r, not_allowed.0, not_allowed.1, what);
+    t.nothing(&up, what);
+    let what = "M-SEARCH /app/pub on the public route is forwarded as it was routed";
+    let req = b"M-SEARCH /app/pub HTTP/1.1\r\nHost: t\r\n\r\n";
+    if let Some(seen) = t.forwarded(&gw, &up, req, what).await {
+        t.eq(seen.request_line(), "M-SEARCH /app/pub HTTP/1.1", what);
+    }
     drop(gw);
 
     let what = "method_fallthrough: true lets DELETE /app/ro/x reach the public route";

@@ -610,24 +610,25 @@ pub struct Redis {
 
 impl Redis {
     pub fn start(port: u16) -> Redis {
+        Redis::start_with(port, &["--port", &port.to_string()])
+    }
+
+    /// `redis-server` with these listener arguments (e.g. a TLS port); `port` is where it
+    /// is awaited.
+    pub fn start_with(port: u16, listen: &[&str]) -> Redis {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(listen)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (make deps)");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on {port} did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Redis { child, port }
