@@ -96,8 +96,13 @@ impl Upstream {
         extra: F,
     ) -> Option<(SocketAddr, bool)> {
         let policy = &self.breaker_policy;
+        // what this pass saw: the health state can change between two reads of it (a
+        // frozen backend answering its health check again), and the fallback below must
+        // follow the same observation the pass acted on
+        let saw_unhealthy = std::cell::Cell::new(false);
         let usable = |b: &Backend, healthy: bool| -> Option<SocketAddr> {
             if !healthy {
+                saw_unhealthy.set(true);
                 return None;
             }
             let a = inet(b)?;
@@ -121,7 +126,8 @@ impl Upstream {
         // passes its health check is the best there is (and a recovered one closes its
         // breaker with the first successes) — rather than a 503 while it answers.
         let be = self.backends();
-        let health_down = self.membership.current().iter().any(|b| !be.ready(b));
+        let health_down =
+            saw_unhealthy.get() || self.membership.current().iter().any(|b| !be.ready(b));
         if health_down {
             return self
                 .select_by(key, states, |b, h| usable(b, h).is_some())
