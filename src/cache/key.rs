@@ -263,6 +263,19 @@ mod tests {
     }
 
     #[test]
+    fn repeated_key_headers_are_one_list() {
+        let rc = route(false, false, &["x-tenant"]);
+        let two_lines = key(&req("/x", &[("x-tenant", "a"), ("x-tenant", "b")]), &rc, None);
+        // `a` then `b` on two lines is the list `a,b`, never the value `ab`
+        let joined = key(&req("/x", &[("x-tenant", "ab")]), &rc, None);
+        assert_ne!(two_lines.primary_bin(), joined.primary_bin());
+        let listed = key(&req("/x", &[("x-tenant", "a,b")]), &rc, None);
+        assert_eq!(two_lines.primary_bin(), listed.primary_bin());
+        let first_only = key(&req("/x", &[("x-tenant", "a")]), &rc, None);
+        assert_ne!(two_lines.primary_bin(), first_only.primary_bin());
+    }
+
+    #[test]
     fn head_shares_get() {
         let rc = route(false, false, &[]);
         let get = req("/x", &[]);
