@@ -427,3 +427,8 @@ pub fn peek_issuer(token: &str) -> Option<String> {
     let v: Value = serde_json::from_slice(&bytes).ok()?;
     v.get("iss")?.as_str().map(str::to_string)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#[path = "jwt_tests.rs"]
+mod tests;

@@ -265,7 +265,11 @@ mod tests {
     #[test]
     fn repeated_key_headers_are_one_list() {
         let rc = route(false, false, &["x-tenant"]);
-        let two_lines = key(&req("/x", &[("x-tenant", "a"), ("x-tenant", "b")]), &rc, None);
+        let two_lines = key(
+            &req("/x", &[("x-tenant", "a"), ("x-tenant", "b")]),
+            &rc,
+            None,
+        );
         // `a` then `b` on two lines is the list `a,b`, never the value `ab`
         let joined = key(&req("/x", &[("x-tenant", "ab")]), &rc, None);
         assert_ne!(two_lines.primary_bin(), joined.primary_bin());
