@@ -25,6 +25,8 @@
 //! request view, the identity and the config's problem collector, never the proxy, the
 //! runtime or the snapshot (the proxy calls it, `src/proxy/plugins.rs`).
 
+pub mod body_guard;
+pub mod forward_auth;
 pub mod header_rules;
 pub mod settings;
 
@@ -95,9 +97,10 @@ pub trait Filter: Send {
         Flow::Continue
     }
 
-    /// Each response body chunk. The head is on its way already: a filter changing the
-    /// length must have removed `Content-Length` in `response_head`. A `Respond` or an
-    /// `Error` here can only cut the response short (the connection is closed).
+    /// Each response body chunk. A filter changing the length must have removed
+    /// `Content-Length` in `response_head`. A `Respond` or an `Error` here replaces the
+    /// response if its head has not been written yet, and otherwise cuts it short (the
+    /// connection is closed).
     fn response_body(
         &mut self,
         _cx: &mut PhaseCtx<'_>,
@@ -328,10 +331,12 @@ impl Registry {
     }
 }
 
-/// The plugins that ship with Portcullis: `header-rules`.
+/// The plugins that ship with Portcullis: `header-rules`, `forward-auth`, `body-guard`.
 pub fn builtin() -> Registry {
     let mut r = Registry::new();
     r.register(header_rules::NAME, header_rules::factory);
+    r.register(forward_auth::NAME, forward_auth::factory);
+    r.register(body_guard::NAME, body_guard::factory);
     r
 }
 
