@@ -274,3 +274,50 @@ routes:
         ],
     );
 }
+
+#[tokio::test]
+async fn a_client_waiting_for_100_continue_gets_it_before_the_body_is_checked() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("u").await;
+    let gw = Gateway::start(&config(&up)).await;
+    let body = br#"{"a":[1,2,3]}"#;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /json/x HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // like curl, the body waits for the interim answer
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("no 100 Continue")
+            .unwrap();
+        assert!(n > 0, "closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 100 Continue"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    s.write_all(body).await.unwrap();
+    let mut rest = Vec::new();
+    while !String::from_utf8_lossy(&rest).contains("\"upstream\"") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert!(n > 0, "closed");
+        rest.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&rest).to_string();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(up.last_body().unwrap(), &body[..]);
+    // the upstream got the body, not a second Expect
+    assert!(up.last_headers().unwrap().get("expect").is_none());
+}

@@ -7,9 +7,8 @@
 //! the binary also registers `fault`, which the tests use to make a chosen phase answer or
 //! fail (`x-fault: <phase>:<respond|error>`).
 
-use pingora_http::{RequestHeader, ResponseHeader};
-use portcullis::config::Problems;
-use portcullis::plugin::{self, Filter, Flow, LocalResponse, PhaseCtx, Plugin, RequestInfo};
+use portcullis::plugin::{self, async_trait, http, ConfigValue, Filter, Flow, LocalResponse};
+use portcullis::plugin::{PhaseCtx, Plugin, Problems, RequestHeader, RequestInfo, ResponseHeader};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -35,7 +34,7 @@ struct Tenant {
 }
 
 /// The factory: settings from `config:`, problems reported with their key path and line.
-fn tenant(config: &serde_yaml::Value, at: &str, p: &mut Problems) -> Option<Arc<dyn Plugin>> {
+fn tenant(config: &ConfigValue, at: &str, p: &mut Problems) -> Option<Arc<dyn Plugin>> {
     let s: TenantSettings = plugin::settings::parse(config, at, p)?;
     let Ok(header) = http::HeaderName::from_bytes(s.header.as_bytes()) else {
         p.push(format!("{at}.header"), "not a valid header name");
@@ -72,7 +71,7 @@ struct TenantFilter {
     tenant: Option<String>,
 }
 
-#[async_trait::async_trait]
+#[async_trait]
 impl Filter for TenantFilter {
     async fn request_head(&mut self, cx: &mut PhaseCtx<'_>, req: &mut RequestHeader) -> Flow {
         let name = req.headers.get(&self.header).and_then(|v| v.to_str().ok());
@@ -127,13 +126,9 @@ fn main() -> ExitCode {
 /// `x-fault-upper: 1` reads the whole body and sends it upstream in upper case.
 mod fault {
     use super::*;
-    use bytes::Bytes;
+    use portcullis::plugin::Bytes;
 
-    pub fn factory(
-        config: &serde_yaml::Value,
-        at: &str,
-        p: &mut Problems,
-    ) -> Option<Arc<dyn Plugin>> {
+    pub fn factory(config: &ConfigValue, at: &str, p: &mut Problems) -> Option<Arc<dyn Plugin>> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Nothing {}
@@ -186,7 +181,7 @@ mod fault {
         }
     }
 
-    #[async_trait::async_trait]
+    #[async_trait]
     impl Filter for FaultFilter {
         async fn request_head(&mut self, cx: &mut PhaseCtx<'_>, _req: &mut RequestHeader) -> Flow {
             let whole = matches!(&self.fault, Some((p, _)) if p == "whole_body");

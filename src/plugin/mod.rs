@@ -30,12 +30,18 @@ pub mod forward_auth;
 pub mod header_rules;
 pub mod settings;
 
-use crate::auth::Identity;
-use crate::config::{PluginConfig, Problems};
-use crate::view::RequestView;
-use async_trait::async_trait;
-use bytes::Bytes;
-use pingora_http::{RequestHeader, ResponseHeader};
+pub use crate::auth::{IdKind, Identity};
+pub use crate::config::Problems;
+pub use crate::view::RequestView;
+/// What a plugin's own crate needs, at the versions Portcullis uses.
+pub use async_trait::async_trait;
+pub use bytes::Bytes;
+pub use http;
+pub use pingora_http::{RequestHeader, ResponseHeader};
+/// A plugin's `config:` block as the factory receives it.
+pub type ConfigValue = serde_yaml::Value;
+
+use crate::config::PluginConfig;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -303,7 +309,7 @@ impl Vars {
 /// to the problems' scope (prefix every key reported with it); a problem means `None`, and
 /// the config is refused with every problem listed (file, key path, line).
 pub type Factory =
-    fn(config: &serde_yaml::Value, at: &str, problems: &mut Problems) -> Option<Arc<dyn Plugin>>;
+    fn(config: &ConfigValue, at: &str, problems: &mut Problems) -> Option<Arc<dyn Plugin>>;
 
 /// Plugin factories by name: the one place plugins are registered.
 #[derive(Clone, Default)]

@@ -234,6 +234,19 @@ async fn read_body(session: &mut Session, ctx: &mut Ctx, route: &Route) -> Resul
     if declared.is_some_and(|n| n > limit) {
         return Ok(Some(crate::edge::body_too_large(limit)));
     }
+    // a client waiting for `100 Continue` before it sends the body gets it from here (the
+    // upstream, which would have sent it, sees the request only once the body is read)
+    let expects = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects {
+        session.write_continue_response().await?;
+        session
+            .req_header_mut()
+            .remove_header(&http::header::EXPECT);
+    }
     session.as_mut().enable_retry_buffering();
     while let Some(chunk) = session.read_request_body().await? {
         ctx.body_bytes += chunk.len() as u64;
