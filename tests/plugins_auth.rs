@@ -189,6 +189,23 @@ async fn forward_auth_caches_decisions_by_the_key_headers() {
     assert_eq!(get("Bearer nostore", "").await, 200);
     assert_eq!(get("Bearer nostore", "").await, 200);
     assert_eq!(auth.hits(), 4);
+    let m = metrics(&gw).await;
+    let n = |s: &str| series(&m, s).unwrap_or(0.0);
+    assert_eq!(
+        n("portcullis_forward_auth_total{result=\"allowed\",route=\"app\"}"),
+        5.0,
+        "{m}"
+    );
+    assert_eq!(
+        n("portcullis_forward_auth_total{result=\"denied\",route=\"app\"}"),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        n("portcullis_forward_auth_cache_hits_total{route=\"app\"}"),
+        3.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -238,6 +255,17 @@ async fn without_an_answer_on_error_denies_with_503_or_allows() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"], "auth_unavailable");
     assert_eq!(app.hits(), 0);
+    let m = metrics(&gw).await;
+    let n = series(
+        &m,
+        "portcullis_forward_auth_total{result=\"unavailable\",route=\"slow\"}",
+    );
+    assert_eq!(n, Some(1.0), "{m}");
+    assert!(
+        gw.log().contains("forward-auth on route `slow`: no answer"),
+        "{}",
+        gw.log()
+    );
     // on_error: allow lets it through, never with the client's copy of a copied header
     let r = send(
         &c,

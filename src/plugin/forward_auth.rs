@@ -94,7 +94,24 @@ struct Inner {
     copy: Vec<HeaderName>,
     on_error: OnError,
     cache: Option<DecisionCache>,
+    /// allowed, denied, unavailable, cache hits: resolved on the first request (the route's
+    /// name comes with it).
+    counters: std::sync::OnceLock<[prometheus::IntCounter; 4]>,
 }
+
+impl Inner {
+    fn count(&self, route: &str, which: usize) {
+        let c = self
+            .counters
+            .get_or_init(|| crate::observe::metrics::forward_auth(route));
+        c[which].inc();
+    }
+}
+
+const ALLOWED: usize = 0;
+const DENIED: usize = 1;
+const UNAVAILABLE: usize = 2;
+const CACHE_HIT: usize = 3;
 
 pub struct ForwardAuth {
     inner: Arc<Inner>,
@@ -153,6 +170,7 @@ pub fn factory(config: &serde_yaml::Value, at: &str, p: &mut Problems) -> Option
             copy,
             on_error: s.on_error,
             cache,
+            counters: std::sync::OnceLock::new(),
         }),
     }))
 }
@@ -193,7 +211,10 @@ impl Filter for ForwardAuthFilter {
             _ => None,
         };
         let decision = match cached {
-            Some(d) => d,
+            Some(d) => {
+                inner.count(cx.route, CACHE_HIT);
+                d
+            }
             None => {
                 let answer = inner
                     .client
@@ -208,7 +229,10 @@ impl Filter for ForwardAuthFilter {
                         }
                         decision
                     }
-                    Err(e) => return unavailable(inner, cx, req, &e),
+                    Err(e) => {
+                        inner.count(cx.route, UNAVAILABLE);
+                        return unavailable(inner, cx, req, &e);
+                    }
                 }
             }
         };
@@ -217,6 +241,7 @@ impl Filter for ForwardAuthFilter {
         }
         match &*decision {
             Decision::Allow(copied) => {
+                inner.count(cx.route, ALLOWED);
                 for (k, v) in copied {
                     if let Err(e) = req.append_header(k.clone(), v.clone()) {
                         return Flow::Error(format!("cannot copy `{k}`: {e}"));
@@ -224,7 +249,10 @@ impl Filter for ForwardAuthFilter {
                 }
                 Flow::Continue
             }
-            Decision::Deny(answer) => Flow::Respond(answer.clone()),
+            Decision::Deny(answer) => {
+                inner.count(cx.route, DENIED);
+                Flow::Respond(answer.clone())
+            }
         }
     }
 }
@@ -485,6 +513,7 @@ mod tests {
             copy: vec![HeaderName::from_static("x-user")],
             on_error: OnError::Deny,
             cache: None,
+            counters: std::sync::OnceLock::new(),
         };
         let mut headers = http::HeaderMap::new();
         headers.insert("x-user", HeaderValue::from_static("u-1"));
