@@ -219,3 +219,21 @@ async fn a_body_read_whole_may_be_rewritten_before_it_goes_upstream() {
     let h = up.last_headers().unwrap();
     assert_eq!(h["content-length"], "14");
 }
+
+#[test]
+fn the_readme_shows_the_example_that_is_tested() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let bin = std::fs::read_to_string(format!("{root}/src/bin/plugin-example.rs")).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let start = bin.find("use portcullis::plugin::").unwrap();
+    let end = bin.find("\n/// A fault injector").unwrap();
+    // the README's copy leaves out the test-only fault injector
+    let code = bin[start..end].trim_end().replace(
+        "    if std::env::var_os(\"PORTCULLIS_EXAMPLE_FAULTS\").is_some() {\n        registry.register(\"fault\", fault::factory);\n    }\n",
+        "",
+    );
+    assert!(
+        readme.contains(&code),
+        "README.md (\"Extending Portcullis\") must show src/bin/plugin-example.rs as it is"
+    );
+}
