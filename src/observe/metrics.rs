@@ -45,6 +45,11 @@ pub struct Metrics {
     /// Trace spans sent to the collector, and those dropped (queue full, export failed).
     pub spans_exported: IntCounter,
     pub spans_dropped: IntCounterVec,
+    /// Plugin phases that failed (`crate::plugin::Flow::Error`), by route and plugin.
+    pub plugin_errors: IntCounterVec,
+    /// `forward-auth` checks by result, and the ones its cache answered.
+    pub forward_auth: IntCounterVec,
+    pub forward_auth_cache_hits: IntCounterVec,
 }
 
 // Definitions are constants: a bad one fails the first test that records a metric.
@@ -239,6 +244,24 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Trace spans dropped, by reason (queue_full, export_failed, disabled)",
             &["reason"],
         ),
+        plugin_errors: counter_vec(
+            &r,
+            "portcullis_plugin_errors_total",
+            "Plugin phases that failed (answered 500 plugin_error, or cut a response short), by route and plugin",
+            &["route", "plugin"],
+        ),
+        forward_auth: counter_vec(
+            &r,
+            "portcullis_forward_auth_total",
+            "forward-auth checks by result (allowed, denied, unavailable), cached ones included",
+            &["route", "result"],
+        ),
+        forward_auth_cache_hits: counter_vec(
+            &r,
+            "portcullis_forward_auth_cache_hits_total",
+            "forward-auth checks answered by the plugin's cache of decisions",
+            &["route"],
+        ),
         registry: r,
     };
     // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ...
@@ -350,6 +373,26 @@ impl RouteMetrics {
                 .inc(),
         }
     }
+}
+
+/// Count a failed plugin phase.
+pub fn plugin_error(route: &str, plugin: &str) {
+    METRICS
+        .plugin_errors
+        .with_label_values(&[route, plugin])
+        .inc();
+}
+
+/// A route's `forward-auth` series, resolved once: allowed, denied, unavailable, cache hits.
+pub fn forward_auth(route: &str) -> [IntCounter; 4] {
+    let m = &METRICS;
+    let r = |result| m.forward_auth.with_label_values(&[route, result]);
+    [
+        r("allowed"),
+        r("denied"),
+        r("unavailable"),
+        m.forward_auth_cache_hits.with_label_values(&[route]),
+    ]
 }
 
 /// Count an answer the gateway made itself (`reason` is its JSON error code).
