@@ -1,5 +1,6 @@
-//! A small HTTP(S) GET client over Pingora's connector, for control-plane fetches
-//! (JWKS documents). Not used on the request path.
+//! A small HTTP(S) client over Pingora's connector: GETs for control-plane fetches (JWKS
+//! documents), and [`call`], the calls wasm filters make to an upstream
+//! (`proxy_http_call`).
 
 use pingora_core::connectors::http::Connector;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -110,4 +111,104 @@ pub fn max_age(cc: &str) -> Option<u64> {
         d.strip_prefix("max-age=")
             .and_then(|v| v.trim_matches('"').parse().ok())
     })
+}
+
+/// One HTTP exchange with a known address (the calls wasm filters make to an upstream).
+pub struct Call<'a> {
+    pub addr: std::net::SocketAddr,
+    pub tls: bool,
+    /// TLS server name, and the `Host` sent when the call gives none.
+    pub host: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+    pub timeout: Duration,
+}
+
+/// What came back from a [`Call`].
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Send `c` and read the whole answer (at most 1 MiB of body), all within `c.timeout`.
+pub async fn call(c: Call<'_>) -> Result<Answer, String> {
+    let mut peer = HttpPeer::new(c.addr, c.tls, c.host.to_string());
+    peer.options.connection_timeout = Some(c.timeout);
+    peer.options.total_connection_timeout = Some(c.timeout);
+    peer.options.read_timeout = Some(c.timeout);
+    peer.options.write_timeout = Some(c.timeout);
+    let work = async {
+        let connector = Connector::new(None);
+        let (mut session, _) = connector
+            .get_http_session(&peer)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", c.addr))?;
+        let mut req =
+            RequestHeader::build(c.method, c.path.as_bytes(), None).map_err(|e| e.to_string())?;
+        let mut has_host = false;
+        for (k, v) in c.headers {
+            has_host |= k.eq_ignore_ascii_case("host");
+            req.append_header(k.clone(), v.as_str())
+                .map_err(|e| e.to_string())?;
+        }
+        if !has_host {
+            req.insert_header("host", c.host)
+                .map_err(|e| e.to_string())?;
+        }
+        req.insert_header("content-length", c.body.len().to_string())
+            .map_err(|e| e.to_string())?;
+        session
+            .write_request_header(Box::new(req))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !c.body.is_empty() {
+            session
+                .write_request_body(bytes::Bytes::copy_from_slice(c.body), true)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        session
+            .finish_request_body()
+            .await
+            .map_err(|e| e.to_string())?;
+        session
+            .read_response_header()
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(h) = session.response_header() else {
+            return Err("no response header".to_string());
+        };
+        let status = h.status.as_u16();
+        let headers = h
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_string(), v)
+            })
+            .collect();
+        let mut body = Vec::new();
+        while let Some(chunk) = session
+            .read_response_body()
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_BODY {
+                return Err("response body over 1 MiB".into());
+            }
+        }
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    };
+    match tokio::time::timeout(c.timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("call to {} timed out", c.addr)),
+    }
 }

@@ -21,6 +21,7 @@ pub mod hdr;
 pub mod lifecycle;
 pub mod net;
 pub mod observe;
+pub mod plugin;
 pub mod proxy;
 pub mod ratelimit;
 pub mod redis_link;
