@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod auth;
 pub mod cache;
+pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -34,6 +35,8 @@ pub mod supervisor;
 pub mod tls;
 pub mod upstream;
 pub mod view;
+
+pub use cli::run_with;
 
 /// A new API key (256 random bits, URL-safe base64) and the config line holding its hash.
 pub fn keygen(id: &str) -> (String, String) {

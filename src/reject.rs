@@ -25,3 +25,10 @@ impl Reject {
         self
     }
 }
+
+/// The body of every answer the gateway makes itself: `{"error": code, "message": text,
+/// "request_id": id}`.
+pub fn error_body(code: &str, message: &str, request_id: &str) -> Vec<u8> {
+    let v = serde_json::json!({ "error": code, "message": message, "request_id": request_id });
+    serde_json::to_vec(&v).unwrap_or_default()
+}

@@ -22,6 +22,8 @@ pub struct Runtime {
     pub last_reload: parking_lot::Mutex<Option<LastReload>>,
     /// This instance's place in a fleet (`cluster`); inert without one.
     pub fleet: Arc<crate::cluster::Fleet>,
+    /// The plugins routes may name (`plugins:`), for every load and reload.
+    pub registry: Arc<crate::plugin::Registry>,
 }
 
 #[derive(Debug)]
@@ -44,10 +46,18 @@ pub struct LastReload {
 }
 
 impl Runtime {
-    /// Load and compile the config at `path`, as at start-up.
+    /// Load and compile the config at `path`, as at start-up, with the built-in plugins.
     pub fn load(path: PathBuf) -> Result<Arc<Runtime>, Vec<ConfigError>> {
+        Runtime::load_with(path, crate::plugin::builtin())
+    }
+
+    /// Load and compile the config at `path`, its routes' plugins from `registry`.
+    pub fn load_with(
+        path: PathBuf,
+        registry: crate::plugin::Registry,
+    ) -> Result<Arc<Runtime>, Vec<ConfigError>> {
         let src = config::load_file(&path).map_err(|e| e.0)?;
-        let snap = snapshot::build(&src, None, 1)?;
+        let snap = snapshot::build_with(&src, None, 1, &registry)?;
         crate::observe::metrics::METRICS.config_generation.set(1);
         let certs = Arc::new(crate::tls::CertResolver::new());
         if let Some(set) = &snap.tls {
@@ -65,6 +75,7 @@ impl Runtime {
             certs,
             last_reload: parking_lot::Mutex::new(None),
             fleet,
+            registry: Arc::new(registry),
         }))
     }
 
@@ -122,10 +133,11 @@ impl Runtime {
         let prev = self.snapshot.load_full();
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         let base = prev.clone();
+        let registry = self.registry.clone();
         // parsing and compiling may resolve host names: keep it off the async workers
         let built = tokio::task::spawn_blocking(move || {
             let src = config::load_file(&path).map_err(|e| e.0)?;
-            snapshot::build(&src, Some(&base), generation)
+            snapshot::build_with(&src, Some(&base), generation, &registry)
         })
         .await
         .map_err(|e| {

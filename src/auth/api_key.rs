@@ -148,6 +148,7 @@ impl ApiKeys {
             issuer: None,
             jti: None,
             forward: vec![(forward.clone(), id_value)],
+            claims: serde_json::Map::new(),
         });
         map.insert(
             digest,

@@ -406,6 +406,7 @@ impl Issuer {
             issuer: Some(self.name.clone()),
             jti: claims.get("jti").and_then(text),
             forward,
+            claims,
         })
     }
 }

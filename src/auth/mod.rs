@@ -43,6 +43,9 @@ pub struct Identity {
     pub jti: Option<String>,
     /// Headers to set on the upstream request.
     pub forward: Vec<(HeaderName, HeaderValue)>,
+    /// A verified JWT's claims (empty for an API key): what header rules interpolate as
+    /// `${claim.<name>}`.
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Why a request was not authenticated.

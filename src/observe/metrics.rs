@@ -45,6 +45,8 @@ pub struct Metrics {
     /// Trace spans sent to the collector, and those dropped (queue full, export failed).
     pub spans_exported: IntCounter,
     pub spans_dropped: IntCounterVec,
+    /// Plugin phases that failed (`crate::plugin::Flow::Error`), by route and plugin.
+    pub plugin_errors: IntCounterVec,
 }
 
 // Definitions are constants: a bad one fails the first test that records a metric.
@@ -239,6 +241,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Trace spans dropped, by reason (queue_full, export_failed, disabled)",
             &["reason"],
         ),
+        plugin_errors: counter_vec(
+            &r,
+            "portcullis_plugin_errors_total",
+            "Plugin phases that failed (answered 500 plugin_error, or cut a response short), by route and plugin",
+            &["route", "plugin"],
+        ),
         registry: r,
     };
     // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ...
@@ -350,6 +358,14 @@ impl RouteMetrics {
                 .inc(),
         }
     }
+}
+
+/// Count a failed plugin phase.
+pub fn plugin_error(route: &str, plugin: &str) {
+    METRICS
+        .plugin_errors
+        .with_label_values(&[route, plugin])
+        .inc();
 }
 
 /// Count an answer the gateway made itself (`reason` is its JSON error code).

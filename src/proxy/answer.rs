@@ -4,6 +4,7 @@
 //! it apart from `response_headers`, which decorates every response on its way out.
 
 use super::ctx::Ctx;
+use crate::plugin::LocalResponse;
 use crate::reject::Reject;
 use bytes::Bytes;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -11,10 +12,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::FailToProxy;
 use pingora_proxy::Session;
 
-pub fn error_body(code: &str, message: &str, request_id: &str) -> Vec<u8> {
-    let v = serde_json::json!({ "error": code, "message": message, "request_id": request_id });
-    serde_json::to_vec(&v).unwrap_or_default()
-}
+pub use crate::reject::error_body;
 
 /// Write `reject` as the whole response. `close` drops the connection afterwards.
 pub async fn send(
@@ -138,6 +136,9 @@ pub async fn preflight(
 /// made from the error), unless the client is gone or a response already started. Either
 /// way the request ends with that refusal.
 pub async fn fail(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    if let Some(l) = ctx.plugins.local.take() {
+        return fail_with_local(session, ctx, &l).await;
+    }
     let reject = ctx.take_pending().unwrap_or_else(|| {
         let (status, code, message) = classify(e);
         Reject::new(status, code, message)
@@ -159,4 +160,72 @@ pub async fn fail(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProx
         error_code: if written { reject.status } else { 0 },
         can_reuse_downstream: false,
     }
+}
+
+/// `fail_to_proxy` for a local answer a plugin decided where it could not write it.
+async fn fail_with_local(session: &mut Session, ctx: &mut Ctx, l: &LocalResponse) -> FailToProxy {
+    let mut written = false;
+    if session.response_written().is_none() {
+        match local(session, ctx, l, true).await {
+            Ok(()) => written = true,
+            Err(err) => log::debug!("could not send a plugin's response: {err}"),
+        }
+    }
+    FailToProxy {
+        error_code: if written { l.status } else { 0 },
+        can_reuse_downstream: false,
+    }
+}
+
+/// Headers of a local answer that are the gateway's to write (framing and connection).
+fn framing(name: &str) -> bool {
+    [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// Write a plugin's local answer as the whole response: its status, headers (framing ones
+/// are the gateway's; an invalid one is dropped) and body, with `X-Request-Id`. `close`
+/// drops the connection afterwards.
+pub async fn local(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    l: &LocalResponse,
+    close: bool,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(l.status, Some(l.headers.len() + 2))?;
+    for (k, v) in &l.headers {
+        if framing(k) {
+            continue;
+        }
+        if resp.append_header(k.clone(), v.as_str()).is_err() {
+            log::debug!("a plugin's response header `{k}` is not valid: dropped");
+        }
+    }
+    resp.insert_header("content-length", l.body.len().to_string())?;
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if close || crate::lifecycle::draining() {
+        session.set_keepalive(None);
+    }
+    let head_only =
+        session.req_header().method == http::Method::HEAD || matches!(l.status, 204 | 304);
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(l.body.clone()), true)
+            .await?;
+    }
+    ctx.outcome.answered(l.status);
+    if let Some(code) = l.reason {
+        ctx.outcome.refused = Some(code);
+    }
+    Ok(())
 }

@@ -49,6 +49,8 @@ pub struct Ctx {
     pub in_flight: bool,
     /// Request body bytes seen so far.
     pub body_bytes: u64,
+    /// The route's plugins for this request (`proxy::plugins`); inert on a route without.
+    pub plugins: super::plugins::Plugins,
 }
 
 /// Who is asking: addresses, trust and transport, fixed in `early_request_filter`.
@@ -146,6 +148,7 @@ impl Ctx {
             cache: crate::cache::CacheCtx::default(),
             in_flight: false,
             body_bytes: 0,
+            plugins: super::plugins::Plugins::default(),
         }
     }
 

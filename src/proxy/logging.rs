@@ -21,16 +21,9 @@ pub fn client_gone(e: &Error) -> bool {
         )
 }
 
-pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
-    // the reason of an answer the gateway made itself: the code its JSON body carries
-    let reason = ctx.refusal_code();
-    if let Some(r) = reason {
-        metrics::rejection(r);
-    }
-    if ctx.in_flight {
-        METRICS.in_flight.dec();
-        ctx.in_flight = false;
-    }
+/// The status the request ended with, and whether that is the client having gone away
+/// (then the status is [`CLIENT_CLOSED`]).
+pub fn status(session: &Session, e: Option<&Error>, ctx: &Ctx) -> (u16, bool) {
     // a WebSocket (101) ends when either side closes it: not a hang-up
     let gone = e.is_some_and(client_gone)
         && session
@@ -45,6 +38,20 @@ pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
             .or(ctx.outcome.status)
             .unwrap_or(if e.is_some() { 502 } else { 0 })
     };
+    (status, gone)
+}
+
+pub fn finish(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
+    // the reason of an answer the gateway made itself: the code its JSON body carries
+    let reason = ctx.refusal_code();
+    if let Some(r) = reason {
+        metrics::rejection(r);
+    }
+    if ctx.in_flight {
+        METRICS.in_flight.dec();
+        ctx.in_flight = false;
+    }
+    let (status, gone) = status(session, e, ctx);
     if gone {
         // Pingora's ERROR line for it is suppressed (`suppress_error_log`)
         log::info!(

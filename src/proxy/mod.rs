@@ -8,6 +8,7 @@
 //!   `attempt` keeps the attempts' state and decides retries;
 //! - `response_headers`: what every response gets on its way out (`response_filter`);
 //! - `answer`: the responses the gateway writes itself (refusals, `fail_to_proxy`);
+//! - `plugins`: the route's plugins (`crate::plugin`) in every phase they may act in;
 //! - `logging`: metrics, spans and the access-log line.
 //!
 //! `ctx::Ctx` is the state they share for one request.
@@ -20,6 +21,7 @@ pub mod ctx;
 pub mod forwarded;
 pub mod logging;
 pub mod peer;
+pub mod plugins;
 pub mod request;
 pub mod response_headers;
 
@@ -176,11 +178,12 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        peer::prepare_request(upstream_request, ctx)
+        peer::prepare_request(session, upstream_request, ctx)?;
+        plugins::upstream_request(session, upstream_request, ctx)
     }
 
     async fn response_filter(
@@ -189,22 +192,39 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        response_headers::decorate(session, resp, ctx)
+        response_headers::decorate(session, resp, ctx)?;
+        plugins::response_head(session, resp, ctx)
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        plugins::response_body(session, body, end_of_stream, ctx)?;
+        Ok(None)
     }
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        admission::count_body(ctx, body.as_ref())
+        // a body read whole for the plugins was counted while it was read
+        if !ctx.plugins.body_read {
+            admission::count_body(ctx, body.as_ref())?;
+        }
+        plugins::request_body(session, body, end_of_stream, ctx).await
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
-        // a client hanging up is logged at INFO as a 499 by `logging::finish`
-        logging::client_gone(e)
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, e: &Error) -> bool {
+        // a client hanging up is logged at INFO as a 499 by `logging::finish`; a plugin
+        // that ended the request was logged by `plugins` (its failure) or is not an error
+        logging::client_gone(e) || ctx.plugins.stopped
     }
 
     fn suppress_proxy_warn_log(
@@ -225,6 +245,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        plugins::log(session, e, ctx);
         logging::finish(session, e, ctx);
     }
 

@@ -136,7 +136,11 @@ fn trace_attempt(ctx: &mut Ctx, backend: std::net::SocketAddr) {
 }
 
 /// `upstream_request_filter`: forwarding headers, identity, rewrites, header operations.
-pub fn prepare_request(upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+pub fn prepare_request(
+    session: &Session,
+    upstream_request: &mut RequestHeader,
+    ctx: &mut Ctx,
+) -> Result<()> {
     let authority = ctx.view.as_ref().map_or("", |v| v.authority.as_str());
     forwarded::apply(
         upstream_request,
@@ -195,9 +199,30 @@ pub fn prepare_request(upstream_request: &mut RequestHeader, ctx: &mut Ctx) -> R
                 upstream_request.set(&hdr::HOST, hdr::text(&v.authority)?)?;
             }
         }
-        route.request_headers.apply(upstream_request)?;
+        if !route.request_headers.is_empty() {
+            let scope = header_scope(ctx, route, session.req_header());
+            route.request_headers.apply(upstream_request, &scope)?;
+        }
     }
     Ok(())
+}
+
+/// What a route's header rules read (`${claim.sub}`, `${client_ip}`, ...).
+pub(super) fn header_scope<'a>(
+    ctx: &'a Ctx,
+    route: &'a crate::snapshot::Route,
+    req: &'a RequestHeader,
+) -> crate::plugin::header_rules::Scope<'a> {
+    crate::plugin::header_rules::Scope {
+        route: &route.name,
+        request_id: &ctx.request_id,
+        client_ip: ctx.client.ip,
+        view: ctx.view.as_ref(),
+        method: &req.method,
+        identity: ctx.identity.as_deref(),
+        headers: Some(&req.headers),
+        vars: Some(ctx.plugins.vars()),
+    }
 }
 
 /// `upstream_response_filter`: record the attempt's outcome; a retryable status becomes a

@@ -115,6 +115,9 @@ pub async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
     if !ctx.refusing() && session.subrequest_ctx.is_none() {
         rate_limit(session, ctx);
     }
+    if !ctx.refusing() && super::plugins::admit(session, ctx).await? {
+        return Ok(true);
+    }
     answer::pending_refusal(session, ctx).await
 }
 

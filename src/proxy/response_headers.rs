@@ -20,8 +20,9 @@ pub fn decorate(session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx)
         session.set_keepalive(None);
         resp.insert_header("connection", "close")?;
     }
-    if let Some(route) = ctx.route() {
-        route.response_headers.apply(resp)?;
+    if let Some(route) = ctx.route().filter(|r| !r.response_headers.is_empty()) {
+        let scope = super::peer::header_scope(ctx, route, session.req_header());
+        route.response_headers.apply(resp, &scope)?;
     }
     if ctx.attempts.retries > 0 {
         resp.insert_header("x-retry-count", ctx.attempts.retries.to_string())?;

@@ -10,12 +10,9 @@
 //! step succeeded.
 
 mod duplicates;
-mod headers;
 mod route;
 mod server;
 mod upstreams;
-
-pub use headers::CompiledHeaderOps;
 
 use crate::config::{Config, Problems, Source};
 use crate::routing::{PathPattern, Rewrite, Router};
@@ -91,8 +88,10 @@ pub struct Route {
     pub target: Target,
     pub strip_prefix: Option<String>,
     pub rewrite: Option<Rewrite>,
-    pub request_headers: CompiledHeaderOps,
-    pub response_headers: CompiledHeaderOps,
+    /// `request_headers` / `response_headers`: header rules, as the `header-rules` plugin
+    /// has them.
+    pub request_headers: crate::plugin::header_rules::HeaderRules,
+    pub response_headers: crate::plugin::header_rules::HeaderRules,
     pub idempotent: bool,
     pub preserve_host: bool,
     pub auth: Option<crate::auth::RoutePolicy>,
@@ -101,6 +100,8 @@ pub struct Route {
     pub metrics: crate::observe::metrics::RouteMetrics,
     pub cache: Option<Arc<crate::cache::RouteCache>>,
     pub edge: crate::edge::RouteEdge,
+    /// `plugins`, compiled, in the order they run (empty: no per-request cost).
+    pub plugins: crate::plugin::Chain,
 }
 
 impl Snapshot {
@@ -109,12 +110,24 @@ impl Snapshot {
     }
 }
 
-/// Build a snapshot from a parsed config. Upstreams whose config did not change are
-/// carried over from `prev` with their state (health, registrations, counters).
+/// Build a snapshot from a parsed config with the built-in plugins
+/// ([`crate::plugin::builtin`]); [`build_with`] takes another registry.
 pub fn build(
     src: &Source,
     prev: Option<&Snapshot>,
     generation: u64,
+) -> Result<Snapshot, Vec<crate::config::ConfigError>> {
+    build_with(src, prev, generation, &crate::plugin::builtin())
+}
+
+/// Build a snapshot from a parsed config, the routes' `plugins` from `registry`. Upstreams
+/// whose config did not change are carried over from `prev` with their state (health,
+/// registrations, counters).
+pub fn build_with(
+    src: &Source,
+    prev: Option<&Snapshot>,
+    generation: u64,
+    registry: &crate::plugin::Registry,
 ) -> Result<Snapshot, Vec<crate::config::ConfigError>> {
     let cfg = &src.config;
     let mut p = Problems::new(src);
@@ -139,6 +152,7 @@ pub fn build(
         auth: &auth,
         limits: &limits,
         server: &server,
+        registry,
     };
     let (specs, routes) = route::compile_all(&env, &mut p);
     if !p.is_empty() {

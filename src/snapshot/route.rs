@@ -19,6 +19,7 @@ pub(super) struct Env<'a> {
     pub auth: &'a crate::auth::Auth,
     pub limits: &'a crate::ratelimit::RateLimits,
     pub server: &'a Server,
+    pub registry: &'a crate::plugin::Registry,
 }
 
 /// Every route that compiled without a problem, with its router entry (same order).
@@ -99,8 +100,10 @@ fn compile(
         .auth
         .as_ref()
         .and_then(|a| env.auth.route_policy(a, "auth", p));
-    let request_headers = super::headers::compile(&r.request_headers, "request_headers", p);
-    let response_headers = super::headers::compile(&r.response_headers, "response_headers", p);
+    use crate::plugin::header_rules;
+    let request_headers = header_rules::compile(&r.request_headers, "request_headers", p);
+    let response_headers = header_rules::compile(&r.response_headers, "response_headers", p);
+    let plugins = crate::plugin::compile(&r.plugins, env.registry, p);
     let cache = r.cache.as_ref().and_then(|c| {
         crate::cache::RouteCache::build(c, r.auth.is_some(), "cache", p).map(Arc::new)
     });
@@ -136,6 +139,7 @@ fn compile(
         rate_limit,
         cache,
         edge,
+        plugins,
     };
     Some((spec, route))
 }
@@ -313,6 +317,7 @@ mod tests {
             auth: &auth,
             limits: &limits,
             server: &server,
+            registry: &crate::plugin::builtin(),
         };
         let (_, routes) = compile_all(&env, &mut p);
         let errs = p

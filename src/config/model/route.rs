@@ -60,6 +60,19 @@ pub struct RouteConfig {
     /// Cache GET/HEAD responses of this route.
     #[serde(default)]
     pub cache: Option<RouteCacheConfig>,
+    /// Compiled-in plugins (`crate::plugin`), run in this order after auth and rate limits.
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+}
+
+/// One entry of a route's `plugins` list: a registered plugin and its own settings,
+/// checked by the plugin when the config is loaded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    pub name: String,
+    #[serde(default)]
+    pub config: serde_yaml::Value,
 }
 
 pub(crate) fn default_true() -> bool {
