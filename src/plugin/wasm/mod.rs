@@ -14,8 +14,10 @@
 //! compiled module when the file did not change) and requests in flight finish on the old.
 
 mod abi;
+pub mod config;
 pub mod context;
 pub mod engine;
+pub mod filter;
 pub mod host;
 pub mod metrics;
 pub mod pool;

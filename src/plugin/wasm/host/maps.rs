@@ -68,7 +68,7 @@ fn pseudo(host: &Host, typ: i32, name: &str) -> Option<Vec<u8>> {
 
 /// The first value of `key`.
 fn value(host: &Host, typ: i32, key: &str) -> Result<Option<Vec<u8>>, i32> {
-    if key.starts_with(':') {
+    if key.starts_with(':') && (typ == map::REQUEST_HEADERS || typ == map::RESPONSE_HEADERS) {
         return Ok(pseudo(host, typ, key).filter(|_| live(host, typ)));
     }
     let first = |h: &http::HeaderMap| h.get(key).map(|v| v.as_bytes().to_vec());
