@@ -330,6 +330,7 @@ mod tests {
             limits: &limits,
             server: &server,
             registry: &crate::plugin::builtin(),
+            config_file: &src.file,
         };
         let (_, routes) = compile_all(&env, &mut p);
         let errs = p

@@ -53,6 +53,7 @@ impl std::fmt::Display for Failure {
 
 type F2 = TypedFunc<(i32, i32), i32>;
 type F3 = TypedFunc<(i32, i32, i32), i32>;
+type F5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 /// The module's callbacks; a missing one is a callback that does nothing.
 pub struct Callbacks {
@@ -63,7 +64,7 @@ pub struct Callbacks {
     pub request_body: Option<F3>,
     pub response_headers: Option<F3>,
     pub response_body: Option<F3>,
-    pub http_call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    pub http_call_response: Option<F5>,
     pub tick: Option<TypedFunc<i32, ()>>,
     pub done: Option<TypedFunc<i32, i32>>,
     pub log: Option<TypedFunc<i32, ()>>,
