@@ -52,6 +52,9 @@ bench: deps
 	$(CARGO) bench --bench hot_paths
 	$(CARGO) bench --bench cache_store
 	./load-tests/bench.sh
+	$(CARGO) build --release --bins
+	./load-tests/callgrind.sh
+	WASM=noop ./load-tests/callgrind.sh
 
 load-test: build
 	./load-tests/run-k6.sh smoke.js

@@ -118,6 +118,32 @@ async fn a_body_filter_rewrites_the_response_body() {
 }
 
 #[tokio::test]
+async fn a_body_filter_given_the_whole_request_body_rewrites_what_goes_upstream() {
+    let up = Upstream::start("u").await;
+    let routes = format!(
+        r#"  - name: body
+    match: {{ path: "/**" }}
+    upstream: u
+    wasm:
+      - {{ file: "{}", root_id: body_rewrite, config: "hello=goodbye", buffer_request_body: true }}
+"#,
+        filter("body_rewrite")
+    );
+    let gw = Gateway::start(&config(&up, None, &routes)).await;
+    let r = client()
+        .post(gw.url("/submit"))
+        .body("hello there, hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: serde_json::Value = r.json().await.unwrap();
+    // The upstream got the rewritten body, with its length.
+    assert_eq!(echo["body_bytes"], "goodbye there, goodbye".len());
+    assert_eq!(echo["headers"]["content-length"], "22");
+}
+
+#[tokio::test]
 async fn a_filter_asks_another_upstream_with_dispatch_http_call() {
     let up = Upstream::start("u").await;
     let authz = Upstream::start("authz").await;

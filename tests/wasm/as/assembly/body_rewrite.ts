@@ -1,9 +1,11 @@
-// Buffers the response body and replaces every `from` with `to` (configuration
-// `from=to`, default `hello=HELLO`); drops Content-Length since the length may change.
+// Buffers the request and the response body and replaces every `from` with `to` in both
+// (configuration `from=to`, default `hello=HELLO`); drops the response's Content-Length
+// since the length may change (the gateway sets the request's when it buffered the body).
 export * from "@solo-io/proxy-runtime/proxy";
 import { RootContext, Context, registerRootContext, FilterHeadersStatusValues, FilterDataStatusValues, stream_context } from "@solo-io/proxy-runtime";
 import { readConfig, readBuffer, proxy_set_buffer_bytes } from "./common";
 
+const HTTP_REQUEST_BODY: i32 = 0;
 const HTTP_RESPONSE_BODY: i32 = 1;
 
 class RewriteRoot extends RootContext {
@@ -35,14 +37,20 @@ class Rewrite extends Context {
     stream_context.headers.response.remove("content-length");
     return FilterHeadersStatusValues.Continue;
   }
-  onResponseBody(body_buffer_length: usize, end_of_stream: bool): FilterDataStatusValues {
+  rewrite(typ: i32, length: usize, end_of_stream: bool): FilterDataStatusValues {
     if (!end_of_stream) {
       return FilterDataStatusValues.StopIterationAndBuffer;
     }
-    let body = readBuffer(HTTP_RESPONSE_BODY, body_buffer_length as u32);
+    let body = readBuffer(typ, length as u32);
     let out = String.UTF8.encode(body.replaceAll(this.from, this.to));
-    proxy_set_buffer_bytes(HTTP_RESPONSE_BODY, 0, body_buffer_length as u32, changetype<usize>(out), out.byteLength);
+    proxy_set_buffer_bytes(typ, 0, length as u32, changetype<usize>(out), out.byteLength);
     return FilterDataStatusValues.Continue;
+  }
+  onRequestBody(body_buffer_length: usize, end_of_stream: bool): FilterDataStatusValues {
+    return this.rewrite(HTTP_REQUEST_BODY, body_buffer_length, end_of_stream);
+  }
+  onResponseBody(body_buffer_length: usize, end_of_stream: bool): FilterDataStatusValues {
+    return this.rewrite(HTTP_RESPONSE_BODY, body_buffer_length, end_of_stream);
   }
 }
 
