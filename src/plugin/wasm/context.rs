@@ -111,10 +111,13 @@ impl Stream {
         let Some(inst) = self.inst.as_mut() else {
             return Outcome::Continue;
         };
+        let host = inst.store.data_mut();
+        host.props.method = Some(req.method.clone());
+        host.props.uri = Some(req.uri.clone());
+        host.props.version = Some(req.version);
         let Some(f) = inst.cb.request_headers.clone() else {
             return Outcome::Continue;
         };
-        let host = inst.store.data_mut();
         std::mem::swap(req, &mut host.req);
         host.req_live = true;
         host.can_call = true;
@@ -129,9 +132,9 @@ impl Stream {
             std::mem::swap(req, &mut host.req);
             host.req_live = false;
             host.can_call = false;
+            // What later phases read as `request.*`: the head as the filter left it.
             host.props.method = Some(req.method.clone());
             host.props.uri = Some(req.uri.clone());
-            host.props.version = Some(req.version);
         }
         match r {
             Err(e) => self.fail(e),

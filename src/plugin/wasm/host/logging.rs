@@ -118,7 +118,11 @@ fn clock_time_get(mut caller: Caller<'_, Host>, clock: i32, _precision: i64, out
 }
 
 fn random_get(mut caller: Caller<'_, Host>, ptr: i32, len: i32) -> i32 {
-    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    const INVAL: i32 = 28;
+    let Some(len) = usize::try_from(len).ok().filter(|l| *l <= 1 << 16) else {
+        return INVAL;
+    };
+    let mut bytes = vec![0u8; len];
     rand::Rng::fill(&mut rand::thread_rng(), &mut bytes[..]);
     if write(&mut caller, ptr, &bytes) {
         0
