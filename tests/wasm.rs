@@ -65,6 +65,41 @@ async fn a_header_filter_changes_the_request_and_the_response() {
 }
 
 #[tokio::test]
+async fn pseudo_headers_rewrite_the_path_and_show_the_status() {
+    let up = Upstream::start("u").await;
+    let routes = format!(
+        r#"  - name: pseudo
+    match: {{ path: "/**" }}
+    upstream: u
+    wasm:
+      - {{ file: "{}" }}
+"#,
+        filter("headers")
+    );
+    let gw = Gateway::start(&config(&up, None, &routes)).await;
+    let r = send(
+        &client(),
+        reqwest::Method::GET,
+        &gw.url("/orig?q=1"),
+        &[("x-remove-me", "1")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.h("x-status-seen"), Some("200"));
+    let echo = r.json();
+    assert_eq!(echo["path"], "/rewritten", "{echo}");
+    assert!(echo["headers"].get("x-remove-me").is_none(), "{echo}");
+    // :method, :path, :authority, :scheme and the headers the gateway saw (at least
+    // host, x-remove-me, accept).
+    let count: u32 = echo["headers"]["x-pair-count"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(count >= 7, "{echo}");
+}
+
+#[tokio::test]
 async fn a_deny_filter_answers_403_itself_and_nothing_goes_upstream() {
     let up = Upstream::start("u").await;
     let routes = format!(
