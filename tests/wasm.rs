@@ -415,3 +415,106 @@ fn bad_wasm_entries_are_config_errors_with_key_and_line() {
     let (ok, out) = validate(&yaml(&format!("{{ file: \"{}\" }}", filter("noop"))));
     assert!(ok, "{out}");
 }
+
+/// Ends the daemon at the end of the test, whatever happens.
+struct Daemon(Option<i32>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = std::process::Command::new("kill")
+                .arg("-INT")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+}
+
+/// A daemon forks after loading its config: the time limit and the timers must run in the
+/// process that serves (threads do not survive a fork). The modules are relative to the
+/// config file, which the shell names relatively.
+#[tokio::test]
+async fn time_limits_and_timers_hold_in_a_daemon() {
+    let up = Upstream::start("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    std::fs::copy(filter("misbehave"), dir.path().join("misbehave.wasm")).unwrap();
+    std::fs::copy(filter("props"), dir.path().join("props.wasm")).unwrap();
+    let yaml = format!(
+        r#"
+server:
+  listen: ["127.0.0.1:{port}"]
+  admin: {{ listen: "127.0.0.1:{admin_port}", token_sha256: "{sha}" }}
+upstreams:
+  u: {{ backends: [{{ addr: "{addr}" }}] }}
+routes:
+  - name: d
+    match: {{ path: "/**" }}
+    upstream: u
+    wasm:
+      - {{ file: misbehave.wasm, root_id: misbehave, time_limit: 50ms }}
+      - {{ file: props.wasm }}
+"#,
+        sha = admin_token_sha256(),
+        addr = up.addr
+    );
+    std::fs::write(dir.path().join("portcullis.yaml"), yaml).unwrap();
+    std::fs::write(
+        dir.path().join("pingora.yaml"),
+        "---\nversion: 1\nthreads: 1\npid_file: portcullis.pid\nupgrade_sock: upgrade.sock\nerror_log: error.log\n",
+    )
+    .unwrap();
+    let status = std::process::Command::new(bin())
+        .current_dir(dir.path())
+        .args([
+            "-d",
+            "-c",
+            "portcullis.yaml",
+            "--server-conf",
+            "pingora.yaml",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let pid_file = dir.path().join("portcullis.pid");
+    let read_pid = || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+    };
+    let error_log = || std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/x");
+    let started = eventually(Duration::from_secs(20), || async {
+        read_pid().is_some() && c.get(&url).send().await.is_ok()
+    })
+    .await;
+    let _daemon = Daemon(read_pid());
+    assert!(started, "the daemon did not start:\n{}", error_log());
+    let r = send(&c, reqwest::Method::GET, &url, &[("x-loop", "1")]).await;
+    assert_eq!(r.status, 500, "{}", error_log());
+    let r = send(&c, reqwest::Method::GET, &url, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["headers"]["x-route"], "d");
+    let metrics_url = format!("http://127.0.0.1:{admin_port}/metrics");
+    let ticking = eventually(Duration::from_secs(10), || async {
+        let m = c
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        series(
+            &m,
+            "portcullis_wasm_filter_counter{filter=\"props\",name=\"ticks\"}",
+        )
+        .is_some_and(|t| t >= 2.0)
+    })
+    .await;
+    assert!(ticking, "the timer ticks in the daemon:\n{}", error_log());
+}

@@ -10,6 +10,7 @@ use super::host::{self, Host};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 use wasmtime::{Config, Engine, InstancePre, Linker, Module, OptLevel};
@@ -53,14 +54,6 @@ static SHARED: LazyLock<Result<Shared, String>> = LazyLock::new(|| {
         .iter(&mut store)
         .map(|(m, n, _)| format!("{m}.{n}"))
         .collect();
-    let ticker = engine.clone();
-    std::thread::Builder::new()
-        .name("wasm-epoch".into())
-        .spawn(move || loop {
-            std::thread::sleep(TICK);
-            ticker.increment_epoch();
-        })
-        .map_err(|e| format!("wasm epoch thread: {e}"))?;
     Ok(Shared {
         engine,
         linker,
@@ -73,6 +66,35 @@ static CACHE: LazyLock<Mutex<HashMap<[u8; 32], Weak<Compiled>>>> =
 
 fn shared() -> Result<&'static Shared, String> {
     SHARED.as_ref().map_err(Clone::clone)
+}
+
+/// The process whose epoch and timer threads run (0: none yet).
+static THREADS_OF: AtomicU32 = AtomicU32::new(0);
+
+/// Start the epoch thread (the filters' time limit) and the timer thread (`proxy_on_tick`)
+/// in this process, if they do not run here yet. Called when a filter is loaded and again
+/// when the server starts: a daemon forks after loading its config, and threads do not
+/// survive a fork.
+pub fn ensure_threads() {
+    let pid = std::process::id();
+    if THREADS_OF.swap(pid, Ordering::SeqCst) == pid {
+        return;
+    }
+    let Ok(s) = shared() else { return };
+    let engine = s.engine.clone();
+    let epoch = std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(TICK);
+            engine.increment_epoch();
+        });
+    let timer = std::thread::Builder::new()
+        .name("wasm-timer".into())
+        .spawn(super::timer::run);
+    if let Err(e) = epoch.and(timer) {
+        log::error!("wasm filters: cannot start their threads: {e}");
+        THREADS_OF.store(0, Ordering::SeqCst);
+    }
 }
 
 pub fn engine() -> Result<&'static Engine, String> {

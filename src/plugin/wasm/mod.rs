@@ -21,15 +21,15 @@ pub mod filter;
 pub mod host;
 pub mod metrics;
 pub mod pool;
+mod timer;
 
 pub use context::{Outcome, Stream};
 pub use host::{CallTarget, FilterInfo, Local, Props};
 pub use pool::{Failure, InstanceLimits};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
-use pool::{Instance, Pool};
-use std::sync::{Arc, Weak};
+use pool::Pool;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What one `wasm:` entry asks for, resolved (file read, names chosen).
@@ -47,16 +47,18 @@ pub const DEFAULT_MAX_IDLE: usize = 64;
 pub struct WasmFilter {
     pool: Arc<Pool>,
     /// The instance that runs the root context's timer, when the filter set one.
-    _ticker: Option<Arc<Ticker>>,
+    _ticker: Option<Arc<timer::Ticker>>,
 }
 
 impl WasmFilter {
     /// Compile (or reuse) the module, make and configure the first instance.
     pub fn load(bytes: &[u8], spec: Spec) -> Result<WasmFilter, String> {
         let compiled = engine::compile(bytes)?;
+        // The first instance's start and configure run under the time limit already.
+        engine::ensure_threads();
         let (pool, first) = Pool::new(compiled, Arc::new(spec.info), spec.limits)?;
         let ticker = if first.store.data().tick_ms > 0 {
-            Some(Ticker::start(first, pool.clone()))
+            Some(timer::register(first, pool.clone()))
         } else {
             pool.give_back(first);
             None
@@ -96,61 +98,6 @@ pub fn config_bytes(v: &serde_yaml::Value) -> Bytes {
         serde_yaml::Value::Null => Bytes::new(),
         serde_yaml::Value::String(s) => Bytes::from(s.clone()),
         other => Bytes::from(serde_json::to_vec(other).unwrap_or_default()),
-    }
-}
-
-/// The instance that receives `proxy_on_tick` for a filter whose root context set a tick
-/// period. It runs on its own thread and ends when the filter is dropped (on a reload).
-pub struct Ticker {
-    inst: Mutex<Option<Instance>>,
-}
-
-impl Ticker {
-    fn start(inst: Instance, pool: Arc<Pool>) -> Arc<Ticker> {
-        let t = Arc::new(Ticker {
-            inst: Mutex::new(Some(inst)),
-        });
-        let weak: Weak<Ticker> = Arc::downgrade(&t);
-        let name = pool.info.name.clone();
-        let spawned = std::thread::Builder::new()
-            .name("wasm-tick".into())
-            .spawn(move || Ticker::run(weak, pool));
-        if let Err(e) = spawned {
-            log::warn!("wasm filter `{name}`: no timer thread: {e}");
-        }
-        t
-    }
-
-    fn run(weak: Weak<Ticker>, pool: Arc<Pool>) {
-        loop {
-            let period = match weak.upgrade() {
-                Some(t) => match t.inst.lock().as_ref() {
-                    Some(i) => i.store.data().tick_ms,
-                    None => return,
-                },
-                None => return,
-            };
-            std::thread::sleep(Duration::from_millis(u64::from(period.max(1))));
-            let Some(t) = weak.upgrade() else { return };
-            let mut slot = t.inst.lock();
-            let Some(inst) = slot.as_mut() else { return };
-            let Some(f) = inst.cb.tick.clone() else {
-                return;
-            };
-            if let Err(e) = inst.call(&f, abi::ROOT_CONTEXT) {
-                log::warn!(
-                    "wasm filter `{}` {e} in proxy_on_tick; its timer stops",
-                    pool.info.name
-                );
-                metrics::WASM_METRICS
-                    .errors
-                    .with_label_values(&[&*pool.info.route, &*pool.info.name, e.kind()])
-                    .inc();
-                *slot = None;
-                return;
-            }
-            inst.store.data_mut().reset();
-        }
     }
 }
 
