@@ -7,6 +7,10 @@
 #
 # Usage: load-tests/callgrind.sh [BIN]   (default target/release/portcullis)
 #        REQUESTS (default 20000)
+#        PLUGINS: plugins added to the bench route, comma-separated (default none):
+#          header-rules  one request rule (${identity.key}) and one response rule (${route})
+#          forward-auth  an auth call to the demo upstream, decisions cached (hits only)
+#          body-guard    content-type and size checks (the GETs have no body)
 #        WASM=NAME adds the proxy-wasm filter tests/wasm/NAME.wasm to the bench route
 #        (WASM=noop: a filter whose callbacks all return Continue; what is left is the host's
 #        cost); make bench measures the route with and without it.
@@ -30,6 +34,22 @@ UPORT=$(free_port); PPORT=$(free_port); APORT=$(free_port)
 sed -e "s/127.0.0.1:18083/127.0.0.1:$PPORT/" -e "s/127.0.0.1:18081/127.0.0.1:$UPORT/" \
     -e "s/127.0.0.1:19090/127.0.0.1:$APORT/" -e "s#/tmp/portcullis-bench/access.log#$TMP/access.log#" \
     "$HERE/bench/portcullis.yaml" >"$TMP/portcullis.yaml"
+if [ -n "${PLUGINS:-}" ]; then
+  python3 - "$TMP/portcullis.yaml" "$PLUGINS" "$UPORT" <<'PY'
+import sys
+path, wanted, uport = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
+known = {
+    "header-rules": '{ name: header-rules, config: { request: { set: { x-client: "${identity.key}" } }, response: { set: { x-route: "${route}" } } } }',
+    "forward-auth": '{ name: forward-auth, config: { url: "http://127.0.0.1:%s/auth", cache: { ttl: 1h } } }' % uport,
+    "body-guard": '{ name: body-guard, config: { max_bytes: 16KiB, content_types: [application/json] } }',
+}
+lines = ["    plugins:"] + ["      - " + known[w] for w in wanted]
+text = open(path).read()
+anchor = "    rate_limit: [per_client]\n"
+i = text.index(anchor) + len(anchor)   # the first route: the benchmarked one
+open(path, "w").write(text[:i] + "\n".join(lines) + "\n" + text[i:])
+PY
+fi
 if [ -n "${WASM:-}" ]; then
   [ -f "$ROOT/tests/wasm/$WASM.wasm" ] || { echo "callgrind.sh: no tests/wasm/$WASM.wasm" >&2; exit 2; }
   python3 - "$TMP/portcullis.yaml" "$ROOT/tests/wasm/$WASM.wasm" <<'PY'
@@ -70,8 +90,8 @@ lines=$(wc -l <"$TMP/access.log")
 python3 - "$busy" "$idle" "$served" "$lines" "$BIN" <<'PY'
 import sys
 busy, idle, served, lines, b = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-wasm = __import__("os").environ.get("WASM")
-if wasm:
-    b += f" (wasm: {wasm})"
-print(f"{b}: {(busy-idle)/served/1000:.1f}k instructions per request ({served} requests, {lines} access-log lines; busy {busy:,}, start-up only {idle:,})")
+import os
+plugins = os.environ.get("PLUGINS") or "none"
+wasm = os.environ.get("WASM") or "none"
+print(f"{b} (plugins: {plugins}, wasm: {wasm}): {(busy-idle)/served/1000:.1f}k instructions per request ({served} requests, {lines} access-log lines; busy {busy:,}, start-up only {idle:,})")
 PY

@@ -212,3 +212,44 @@ routes:
         ],
     );
 }
+
+#[tokio::test]
+async fn a_reload_swaps_plugin_config_without_failing_a_request() {
+    let up = Upstream::start("u").await;
+    let routes = |version: &str| {
+        format!(
+            r#"
+  - name: live
+    match: {{ path: "/live/**" }}
+    upstream: u
+    plugins:
+      - name: header-rules
+        config: {{ response: {{ set: {{ x-version: "{version}-${{route}}" }} }} }}
+"#
+        )
+    };
+    let gw = start(&config(&up, &routes("v1"))).await;
+    let c = client();
+    let version = || async {
+        let r = send(&c, reqwest::Method::GET, &gw.url("/live/x"), &[]).await;
+        assert_eq!(r.status, 200);
+        r.h("x-version").map(str::to_string)
+    };
+    assert_eq!(version().await.as_deref(), Some("v1-live"));
+    let load = Load::start(&[gw.url("/live/x")], 4);
+    load.progress(20).await;
+    gw.write_config(&config(&up, &routes("v2")));
+    let (s, v) = gw.admin(reqwest::Method::POST, "/admin/reload", None).await;
+    assert_eq!(s, 200, "{v}");
+    load.progress(20).await;
+    assert_eq!(version().await.as_deref(), Some("v2-live"));
+    // a plugin config that does not compile keeps the running one
+    gw.write_config(&config(&up, &routes("${nope}")));
+    let (s, v) = gw.admin(reqwest::Method::POST, "/admin/reload", None).await;
+    assert_ne!(s, 200, "{v}");
+    assert!(v.to_string().contains("unknown variable"), "{v}");
+    load.progress(20).await;
+    assert_eq!(version().await.as_deref(), Some("v2-live"));
+    let stats = load.stop().await;
+    assert_eq!(stats.failures, 0, "no request failed across the reloads");
+}

@@ -25,16 +25,24 @@
 //! request view, the identity and the config's problem collector, never the proxy, the
 //! runtime or the snapshot (the proxy calls it, `src/proxy/plugins.rs`).
 
+pub mod body_guard;
+pub mod forward_auth;
 pub mod header_rules;
 pub mod settings;
 pub mod wasm;
 
-use crate::auth::Identity;
-use crate::config::{PluginConfig, Problems};
-use crate::view::RequestView;
-use async_trait::async_trait;
-use bytes::Bytes;
-use pingora_http::{RequestHeader, ResponseHeader};
+pub use crate::auth::{IdKind, Identity};
+pub use crate::config::Problems;
+pub use crate::view::RequestView;
+/// What a plugin's own crate needs, at the versions Portcullis uses.
+pub use async_trait::async_trait;
+pub use bytes::Bytes;
+pub use http;
+pub use pingora_http::{RequestHeader, ResponseHeader};
+/// A plugin's `config:` block as the factory receives it.
+pub type ConfigValue = serde_yaml::Value;
+
+use crate::config::PluginConfig;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -96,9 +104,10 @@ pub trait Filter: Send {
         Flow::Continue
     }
 
-    /// Each response body chunk. The head is on its way already: a filter changing the
-    /// length must have removed `Content-Length` in `response_head`. A `Respond` or an
-    /// `Error` here can only cut the response short (the connection is closed).
+    /// Each response body chunk. A filter changing the length must have removed
+    /// `Content-Length` in `response_head`. A `Respond` or an `Error` here replaces the
+    /// response if its head has not been written yet, and otherwise cuts it short (the
+    /// connection is closed).
     fn response_body(
         &mut self,
         _cx: &mut PhaseCtx<'_>,
@@ -301,7 +310,7 @@ impl Vars {
 /// to the problems' scope (prefix every key reported with it); a problem means `None`, and
 /// the config is refused with every problem listed (file, key path, line).
 pub type Factory =
-    fn(config: &serde_yaml::Value, at: &str, problems: &mut Problems) -> Option<Arc<dyn Plugin>>;
+    fn(config: &ConfigValue, at: &str, problems: &mut Problems) -> Option<Arc<dyn Plugin>>;
 
 /// Plugin factories by name: the one place plugins are registered.
 #[derive(Clone, Default)]
@@ -329,10 +338,12 @@ impl Registry {
     }
 }
 
-/// The plugins that ship with Portcullis: `header-rules`.
+/// The plugins that ship with Portcullis: `header-rules`, `forward-auth`, `body-guard`.
 pub fn builtin() -> Registry {
     let mut r = Registry::new();
     r.register(header_rules::NAME, header_rules::factory);
+    r.register(forward_auth::NAME, forward_auth::factory);
+    r.register(body_guard::NAME, body_guard::factory);
     r
 }
 

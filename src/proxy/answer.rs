@@ -170,6 +170,11 @@ async fn fail_with_local(session: &mut Session, ctx: &mut Ctx, l: &LocalResponse
             Ok(()) => written = true,
             Err(err) => log::debug!("could not send a plugin's response: {err}"),
         }
+    } else {
+        log::warn!(
+            "a plugin answered after the response had started: cut short (request {})",
+            ctx.request_id
+        );
     }
     FailToProxy {
         error_code: if written { l.status } else { 0 },

@@ -175,8 +175,8 @@ pub async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         }
         Some(Stop::Respond(l)) => {
             ctx.plugins.stopped = true;
-            let close = !ctx.plugins.body_read;
-            answer::local(session, ctx, &l, close).await?;
+            // a body not read yet is drained after the answer, as for any refusal here
+            answer::local(session, ctx, &l, false).await?;
             Ok(true)
         }
     }
@@ -229,17 +229,29 @@ async fn read_body(session: &mut Session, ctx: &mut Ctx, route: &Route) -> Resul
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // (the rest of a refused body is drained after the answer, when the connection is
+    // kept, as for the route's own body limit)
     if declared.is_some_and(|n| n > limit) {
-        session.set_keepalive(None);
         return Ok(Some(crate::edge::body_too_large(limit)));
+    }
+    // a client waiting for `100 Continue` before it sends the body gets it from here (the
+    // upstream, which would have sent it, sees the request only once the body is read)
+    let expects = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects {
+        session.write_continue_response().await?;
+        session
+            .req_header_mut()
+            .remove_header(&http::header::EXPECT);
     }
     session.as_mut().enable_retry_buffering();
     while let Some(chunk) = session.read_request_body().await? {
         ctx.body_bytes += chunk.len() as u64;
         let over_buffer = session.as_ref().retry_buffer_truncated();
         if over_buffer || ctx.body_bytes > max {
-            // the rest of the body is not read: the connection cannot be reused
-            session.set_keepalive(None);
             return Ok(Some(crate::edge::body_too_large(limit)));
         }
     }
@@ -376,8 +388,9 @@ pub fn response_head(session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx
     }
 }
 
-/// `response_body_filter`: the head is sent, so a filter that stops here cuts the response
-/// short.
+/// `response_body_filter`. A filter that stops here ends the response: its answer (or the
+/// 500 `plugin_error`) is written when the head has not gone out yet, else the response is
+/// cut short (the connection closed).
 pub fn response_body(
     session: &Session,
     body: &mut Option<Bytes>,
@@ -398,25 +411,10 @@ pub fn response_body(
             .map(|(i, f)| (i, f.response_body(&mut cx, body, end)))
             .find(|(_, flow)| !matches!(flow, Flow::Continue))
     };
-    let Some((i, flow)) = ended else {
-        return Ok(());
-    };
-    if let Flow::Respond(_) = flow {
-        let name = route.plugins.get(i).map_or("?", |p| p.name());
-        log::warn!(
-            "plugin `{name}` on route `{}` answered after the response had started: cut short (request {})",
-            route.name,
-            ctx.request_id
-        );
-        crate::observe::metrics::plugin_error(&route.name, name);
-    } else {
-        stop(route, i, flow, &ctx.request_id);
+    match ended.and_then(|(i, flow)| stop(route, i, flow, &ctx.request_id)) {
+        Some(s) => defer(ctx, s),
+        None => Ok(()),
     }
-    ctx.plugins.stopped = true;
-    Error::e_explain(
-        ErrorType::InternalError,
-        "a plugin ended the response early",
-    )
 }
 
 /// `logging`: each filter hears how the request ended.

@@ -69,6 +69,8 @@ struct UpstreamState {
     /// Requests seen per path.
     paths: Mutex<HashMap<String, usize>>,
     last_headers: Mutex<Option<http::HeaderMap>>,
+    /// The last request body an echoing answer read.
+    last_body: Mutex<Option<Bytes>>,
     handler: Mutex<Option<Handler>>,
 }
 
@@ -90,6 +92,7 @@ impl Upstream {
             mode: Mutex::new(Mode::Echo),
             paths: Mutex::new(HashMap::new()),
             last_headers: Mutex::new(None),
+            last_body: Mutex::new(None),
             handler: Mutex::new(None),
         });
         let mut up = Upstream {
@@ -193,6 +196,11 @@ impl Upstream {
     pub fn last_headers(&self) -> Option<http::HeaderMap> {
         self.state.last_headers.lock().unwrap().clone()
     }
+
+    /// The body of the last request answered by the echo (not by a custom handler).
+    pub fn last_body(&self) -> Option<Bytes> {
+        self.state.last_body.lock().unwrap().clone()
+    }
 }
 
 impl Drop for Upstream {
@@ -235,8 +243,10 @@ async fn handle(state: Arc<UpstreamState>, req: Request<Incoming>) -> Response<F
         .into_body()
         .collect()
         .await
-        .map(|b| b.to_bytes().len())
-        .unwrap_or(0);
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    *state.last_body.lock().unwrap() = Some(body.clone());
+    let body = body.len();
     let echo = serde_json::json!({
         "upstream": state.name, "method": method, "path": path, "query": query,
         "headers": headers, "body_bytes": body,
@@ -273,6 +283,8 @@ pub struct StartOptions {
     pub args: Vec<String>,
     /// The `{port}` to use instead of a free one.
     pub port: Option<u16>,
+    /// Another binary than `portcullis` (one with plugins of its own, say).
+    pub bin: Option<&'static str>,
 }
 
 impl Default for StartOptions {
@@ -282,12 +294,15 @@ impl Default for StartOptions {
             server_conf: true,
             args: Vec::new(),
             port: None,
+            bin: None,
         }
     }
 }
 
 pub struct Gateway {
     pub child: Option<Child>,
+    /// The binary it runs.
+    pub bin: &'static str,
     pub port: u16,
     pub admin_port: u16,
     pub dir: tempfile::TempDir,
@@ -305,6 +320,11 @@ pub fn admin_token_sha256() -> String {
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_portcullis")
+}
+
+/// README's plugin example: Portcullis with a plugin of its own (`src/bin/plugin-example.rs`).
+pub fn example_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_plugin-example")
 }
 
 /// `portcullis -t -c <yaml>`: (exit success, stdout + stderr).
@@ -375,7 +395,8 @@ impl Gateway {
         std::fs::write(&config_path, &yaml).unwrap();
         let log_path = dir.path().join("gateway.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(bin());
+        let bin = opts.bin.unwrap_or_else(bin);
+        let mut cmd = Command::new(bin);
         cmd.arg("-c").arg(&config_path);
         if opts.server_conf {
             let server_conf = dir.path().join("pingora.yaml");
@@ -398,6 +419,7 @@ impl Gateway {
         let child = cmd.spawn().expect("spawn portcullis");
         Gateway {
             child: Some(child),
+            bin,
             port,
             admin_port,
             dir,
@@ -459,7 +481,7 @@ impl Gateway {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let child = Command::new(bin())
+        let child = Command::new(self.bin)
             .args(args)
             .arg("-c")
             .arg(&self.config_path)
