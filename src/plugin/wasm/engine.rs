@@ -44,7 +44,15 @@ static SHARED: LazyLock<Result<Shared, String>> = LazyLock::new(|| {
     config
         .epoch_interruption(true)
         .cranelift_opt_level(OptLevel::Speed)
-        .max_wasm_stack(1 << 20);
+        .max_wasm_stack(1 << 20)
+        // Filters are small: reserve 64 MiB of address space per instance rather than the
+        // 4 GiB (+ guards) that let wasmtime drop bounds checks. Thousands of pooled
+        // instances then fit any address space (valgrind's too); a memory growing past the
+        // reservation moves, and every access is bounds-checked (a few instructions).
+        .memory_reservation(64 << 20)
+        .memory_guard_size(64 << 10)
+        .memory_reservation_for_growth(16 << 20)
+        .guard_before_linear_memory(false);
     let engine = Engine::new(&config).map_err(|e| format!("wasm engine: {e}"))?;
     let linker = host::linker(&engine).map_err(|e| format!("wasm host functions: {e}"))?;
     let info = Arc::new(host::FilterInfo::placeholder());
