@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RELEASE := target/release
 
-.PHONY: deps build run test lint bench load-test chaos cache-tests install fuzz mutants clean
+.PHONY: deps build run test lint bench load-test chaos cache-tests install fuzz mutants clean wasm-filters
 
 deps:
 	@missing=""; \
@@ -37,6 +37,13 @@ test: deps
 		$(CARGO) test --no-fail-fast; \
 	fi
 
+# Rebuild the proxy-wasm test filters (tests/wasm/*.wasm, committed so `make test` needs
+# neither npm nor wabt): AssemblyScript ones with the SDK `@solo-io/proxy-runtime`, hand-written
+# WAT ones with wabt's wat2wasm (`apt-get install wabt`).
+wasm-filters:
+	cd tests/wasm/as && npm ci --no-audit --no-fund && sh build.sh
+	for f in tests/wasm/wat/*.wat; do wat2wasm "$$f" -o "tests/wasm/$$(basename "$$f" .wat).wasm"; done
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
@@ -45,6 +52,9 @@ bench: deps
 	$(CARGO) bench --bench hot_paths
 	$(CARGO) bench --bench cache_store
 	./load-tests/bench.sh
+	$(CARGO) build --release --bins
+	./load-tests/callgrind.sh
+	WASM=noop ./load-tests/callgrind.sh
 
 load-test: build
 	./load-tests/run-k6.sh smoke.js

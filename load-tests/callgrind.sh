@@ -11,6 +11,9 @@
 #          header-rules  one request rule (${identity.key}) and one response rule (${route})
 #          forward-auth  an auth call to the demo upstream, decisions cached (hits only)
 #          body-guard    content-type and size checks (the GETs have no body)
+#        WASM=NAME adds the proxy-wasm filter tests/wasm/NAME.wasm to the bench route
+#        (WASM=noop: a filter whose callbacks all return Continue; what is left is the host's
+#        cost); make bench measures the route with and without it.
 # Needs valgrind and curl. Upstream: target/release/demo-upstream on a free port.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -47,6 +50,19 @@ i = text.index(anchor) + len(anchor)   # the first route: the benchmarked one
 open(path, "w").write(text[:i] + "\n".join(lines) + "\n" + text[i:])
 PY
 fi
+if [ -n "${WASM:-}" ]; then
+  [ -f "$ROOT/tests/wasm/$WASM.wasm" ] || { echo "callgrind.sh: no tests/wasm/$WASM.wasm" >&2; exit 2; }
+  python3 - "$TMP/portcullis.yaml" "$ROOT/tests/wasm/$WASM.wasm" <<'PY'
+import sys
+path, wasm = sys.argv[1], sys.argv[2]
+text = open(path).read()
+anchor = "    rate_limit: [per_client]\n"
+at = text.index("- name: bench-api-key")
+at = text.index(anchor, at) + len(anchor)
+text = text[:at] + f'    wasm: [{{ file: "{wasm}" }}]\n' + text[at:]
+open(path, "w").write(text)
+PY
+fi
 export PORTCULLIS_DEMO_JWT_SECRET=callgrind-secret
 wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 # total Ir of one callgrind run; $1: label, $2: requests to send (0: start and stop only)
@@ -76,5 +92,6 @@ import sys
 busy, idle, served, lines, b = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 import os
 plugins = os.environ.get("PLUGINS") or "none"
-print(f"{b} (plugins: {plugins}): {(busy-idle)/served/1000:.1f}k instructions per request ({served} requests, {lines} access-log lines; busy {busy:,}, start-up only {idle:,})")
+wasm = os.environ.get("WASM") or "none"
+print(f"{b} (plugins: {plugins}, wasm: {wasm}): {(busy-idle)/served/1000:.1f}k instructions per request ({served} requests, {lines} access-log lines; busy {busy:,}, start-up only {idle:,})")
 PY

@@ -1,7 +1,8 @@
 //! A small HTTP(S) client over Pingora's connector, for the gateway's own calls: the JWKS
 //! documents of the control plane ([`get`]) and, on the request path, the `forward-auth`
 //! plugin's auth service ([`Client`]: one per target, keeping its connections alive in the
-//! connector's pool and its resolved address for a while).
+//! connector's pool and its resolved address for a while) and the calls wasm filters make
+//! to an upstream ([`call`], `proxy_http_call`).
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -250,6 +251,112 @@ pub fn max_age(cc: &str) -> Option<u64> {
         let d = d.trim();
         d.strip_prefix("max-age=")
             .and_then(|v| v.trim_matches('"').parse().ok())
+    })
+}
+
+/// One HTTP exchange with a known address (the calls wasm filters make to an upstream).
+pub struct Call<'a> {
+    pub addr: std::net::SocketAddr,
+    pub tls: bool,
+    /// TLS server name, and the `Host` sent when the call gives none.
+    pub host: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+    pub timeout: Duration,
+}
+
+/// What came back from a [`Call`].
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The connections of [`call`]s, kept alive between calls.
+static CALLS: std::sync::LazyLock<Connector> = std::sync::LazyLock::new(|| Connector::new(None));
+
+/// Send `c` and read the whole answer (at most 1 MiB of body), all within `c.timeout`. A
+/// kept-alive connection the server had closed is retried once on a new one.
+pub async fn call(c: Call<'_>) -> Result<Answer, String> {
+    let mut peer = HttpPeer::new(c.addr, c.tls, c.host.to_string());
+    peer.options.connection_timeout = Some(c.timeout);
+    peer.options.total_connection_timeout = Some(c.timeout);
+    peer.options.read_timeout = Some(c.timeout);
+    peer.options.write_timeout = Some(c.timeout);
+    let work = async {
+        match exchange(&c, &peer).await {
+            Err((true, _)) => exchange(&c, &peer).await.map_err(|(_, e)| e),
+            r => r.map_err(|(_, e)| e),
+        }
+    };
+    match tokio::time::timeout(c.timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("call to {} timed out", c.addr)),
+    }
+}
+
+/// One call on one connection; the error says whether that connection was a kept-alive one.
+async fn exchange(c: &Call<'_>, peer: &HttpPeer) -> Result<Answer, (bool, String)> {
+    let (mut session, reused) = CALLS
+        .get_http_session(peer)
+        .await
+        .map_err(|e| (false, format!("cannot connect to {}: {e}", c.addr)))?;
+    let fail = |e: Box<pingora_error::Error>| (reused, e.to_string());
+    let mut req = RequestHeader::build(c.method, c.path.as_bytes(), None).map_err(fail)?;
+    let mut has_host = false;
+    for (k, v) in c.headers {
+        has_host |= k.eq_ignore_ascii_case("host");
+        req.append_header(k.clone(), v.as_str()).map_err(fail)?;
+    }
+    if !has_host {
+        req.insert_header(http::header::HOST, c.host)
+            .map_err(fail)?;
+    }
+    req.insert_header(http::header::CONTENT_LENGTH, c.body.len())
+        .map_err(fail)?;
+    session
+        .write_request_header(Box::new(req))
+        .await
+        .map_err(fail)?;
+    if !c.body.is_empty() {
+        session
+            .write_request_body(Bytes::copy_from_slice(c.body), true)
+            .await
+            .map_err(fail)?;
+    }
+    session.finish_request_body().await.map_err(fail)?;
+    session.read_response_header().await.map_err(fail)?;
+    let Some(h) = session.response_header() else {
+        return Err((reused, "no response header".to_string()));
+    };
+    let status = h.status.as_u16();
+    let headers = h
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (k.as_str().to_string(), v)
+        })
+        .collect();
+    // past the response head the connection was good: no second try
+    let mut body = Vec::new();
+    while let Some(chunk) = session
+        .read_response_body()
+        .await
+        .map_err(|e| (false, e.to_string()))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_BODY {
+            return Err((false, "response body over 1 MiB".into()));
+        }
+    }
+    CALLS.release_http_session(session, peer, Some(IDLE)).await;
+    Ok(Answer {
+        status,
+        headers,
+        body,
     })
 }
 

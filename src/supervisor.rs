@@ -48,6 +48,8 @@ impl BackgroundService for Supervisor {
             rt.snapshot().config.access_log.clone()
         }));
         self.start_trace_exporter();
+        // After daemonising: the wasm time-limit and timer threads of a forked process.
+        crate::plugin::wasm::engine::ensure_threads();
         tokio::spawn(crate::cluster::run(
             self.runtime.fleet.clone(),
             self.runtime.clone(),

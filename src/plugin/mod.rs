@@ -29,6 +29,7 @@ pub mod body_guard;
 pub mod forward_auth;
 pub mod header_rules;
 pub mod settings;
+pub mod wasm;
 
 pub use crate::auth::{IdKind, Identity};
 pub use crate::config::Problems;

@@ -153,6 +153,7 @@ pub fn build_with(
         limits: &limits,
         server: &server,
         registry,
+        config_file: &src.file,
     };
     let (specs, routes) = route::compile_all(&env, &mut p);
     if !p.is_empty() {

@@ -20,6 +20,8 @@ pub(super) struct Env<'a> {
     pub limits: &'a crate::ratelimit::RateLimits,
     pub server: &'a Server,
     pub registry: &'a crate::plugin::Registry,
+    /// The config file's path: `wasm` files are relative to its directory.
+    pub config_file: &'a str,
 }
 
 /// Every route that compiled without a problem, with its router entry (same order).
@@ -103,7 +105,21 @@ fn compile(
     use crate::plugin::header_rules;
     let request_headers = header_rules::compile(&r.request_headers, "request_headers", p);
     let response_headers = header_rules::compile(&r.response_headers, "response_headers", p);
-    let plugins = crate::plugin::compile(&r.plugins, env.registry, p);
+    let name = r
+        .name
+        .clone()
+        .unwrap_or_else(|| [r.matcher.host.as_deref().unwrap_or(""), &r.matcher.path].concat());
+    let mut plugins = crate::plugin::compile(&r.plugins, env.registry, p);
+    if !r.wasm.is_empty() {
+        let route = crate::plugin::wasm::config::Route {
+            name: &name,
+            config_file: env.config_file,
+            upstreams: &env.cfg.upstreams,
+        };
+        for f in crate::plugin::wasm::config::compile(&r.wasm, &route, p) {
+            plugins.push(f);
+        }
+    }
     let cache = r.cache.as_ref().and_then(|c| {
         crate::cache::RouteCache::build(c, r.auth.is_some(), "cache", p).map(Arc::new)
     });
@@ -111,10 +127,6 @@ fn compile(
         return None;
     }
     let (pattern, target) = (m.pattern?, target?);
-    let name = r
-        .name
-        .clone()
-        .unwrap_or_else(|| [r.matcher.host.as_deref().unwrap_or(""), &r.matcher.path].concat());
     let spec = RouteSpec {
         host: m.host,
         path: pattern.clone(),
@@ -318,6 +330,7 @@ mod tests {
             limits: &limits,
             server: &server,
             registry: &crate::plugin::builtin(),
+            config_file: &src.file,
         };
         let (_, routes) = compile_all(&env, &mut p);
         let errs = p

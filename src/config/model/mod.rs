@@ -8,6 +8,7 @@ mod ratelimit;
 mod route;
 mod server;
 mod upstream;
+mod wasm;
 
 pub use auth::*;
 pub use cache::*;
@@ -16,6 +17,7 @@ pub use ratelimit::*;
 pub use route::*;
 pub use server::*;
 pub use upstream::*;
+pub use wasm::*;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;

@@ -63,6 +63,9 @@ pub struct RouteConfig {
     /// Compiled-in plugins (`crate::plugin`), run in this order after auth and rate limits.
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
+    /// proxy-wasm filters (`crate::plugin::wasm`), run after `plugins`, in this order.
+    #[serde(default)]
+    pub wasm: Vec<WasmConfig>,
 }
 
 /// One entry of a route's `plugins` list: a registered plugin and its own settings,
