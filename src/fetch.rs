@@ -92,7 +92,7 @@ static SHARED: std::sync::LazyLock<Connector> = std::sync::LazyLock::new(|| Conn
 
 enum Pool {
     Shared,
-    Own(Connector),
+    Own(Box<Connector>),
 }
 
 /// A client for one target: connections are pooled (and a stale pooled one is retried
@@ -117,7 +117,7 @@ impl Client {
     pub fn single(target: Target) -> Client {
         Client {
             target,
-            pool: Pool::Own(Connector::new(None)),
+            pool: Pool::Own(Box::new(Connector::new(None))),
             resolved: ArcSwapOption::empty(),
         }
     }
