@@ -1,7 +1,7 @@
 //! A small HTTP(S) client over Pingora's connector, for the gateway's own calls: the JWKS
 //! documents of the control plane ([`get`]) and, on the request path, the `forward-auth`
-//! plugin's auth service ([`Client`]: one per target, keeping its connections alive in the
-//! connector's pool and its resolved address for a while) and the calls wasm filters make
+//! plugin's auth service ([`Client`]: one per target, keeping its connections alive in one
+//! process-wide pool and its resolved address for a while) and the calls wasm filters make
 //! to an upstream ([`call`], `proxy_http_call`).
 
 use arc_swap::ArcSwapOption;
@@ -86,20 +86,47 @@ struct Resolved {
     at: Instant,
 }
 
+/// The connector (and connection pool) of the clients on the request path and of wasm
+/// filters' [`call`]s: one for the process, so that a reload, which builds new clients, neither pays for a new one (its TLS
+/// setup parses the root certificates: ~40M instructions) nor drops the pooled connections.
+static SHARED: std::sync::LazyLock<Connector> = std::sync::LazyLock::new(|| Connector::new(None));
+
+enum Pool {
+    Shared,
+    Own(Box<Connector>),
+}
+
 /// A client for one target: connections are pooled (and a stale pooled one is retried
 /// once on a new connection), the address is resolved at most every 30 s.
 pub struct Client {
     target: Target,
-    connector: Connector,
+    pool: Pool,
     resolved: ArcSwapOption<Resolved>,
 }
 
 impl Client {
+    /// A client whose connections live in the process-wide pool.
     pub fn new(target: Target) -> Client {
         Client {
             target,
-            connector: Connector::new(None),
+            pool: Pool::Shared,
             resolved: ArcSwapOption::empty(),
+        }
+    }
+
+    /// A client with a connector of its own, gone with it (one-off control-plane fetches).
+    pub fn single(target: Target) -> Client {
+        Client {
+            target,
+            pool: Pool::Own(Box::new(Connector::new(None))),
+            resolved: ArcSwapOption::empty(),
+        }
+    }
+
+    fn connector(&self) -> &Connector {
+        match &self.pool {
+            Pool::Shared => &SHARED,
+            Pool::Own(c) => c,
         }
     }
 
@@ -174,7 +201,7 @@ impl Client {
         max_body: usize,
     ) -> Result<Reply, (bool, String)> {
         let t = &self.target;
-        let (mut session, reused) = self.connector.get_http_session(peer).await.map_err(|e| {
+        let (mut session, reused) = self.connector().get_http_session(peer).await.map_err(|e| {
             (
                 false,
                 format!("cannot connect to `{}:{}`: {e}", t.host, t.port),
@@ -213,7 +240,7 @@ impl Client {
                 return Err((false, format!("response body over {max_body} bytes")));
             }
         }
-        self.connector
+        self.connector()
             .release_http_session(session, peer, Some(IDLE))
             .await;
         Ok(Reply {
@@ -226,7 +253,7 @@ impl Client {
 
 /// GET `url` (a JSON document), within twice `timeout`; not pooled.
 pub async fn get(url: &str, timeout: Duration) -> Result<Fetched, String> {
-    let client = Client::new(Target::parse(url)?);
+    let client = Client::single(Target::parse(url)?);
     let accept = [(
         http::header::ACCEPT,
         HeaderValue::from_static("application/json"),
@@ -274,9 +301,6 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
-/// The connections of [`call`]s, kept alive between calls.
-static CALLS: std::sync::LazyLock<Connector> = std::sync::LazyLock::new(|| Connector::new(None));
-
 /// Send `c` and read the whole answer (at most 1 MiB of body), all within `c.timeout`. A
 /// kept-alive connection the server had closed is retried once on a new one.
 pub async fn call(c: Call<'_>) -> Result<Answer, String> {
@@ -299,7 +323,7 @@ pub async fn call(c: Call<'_>) -> Result<Answer, String> {
 
 /// One call on one connection; the error says whether that connection was a kept-alive one.
 async fn exchange(c: &Call<'_>, peer: &HttpPeer) -> Result<Answer, (bool, String)> {
-    let (mut session, reused) = CALLS
+    let (mut session, reused) = SHARED
         .get_http_session(peer)
         .await
         .map_err(|e| (false, format!("cannot connect to {}: {e}", c.addr)))?;
@@ -352,7 +376,7 @@ async fn exchange(c: &Call<'_>, peer: &HttpPeer) -> Result<Answer, (bool, String
             return Err((false, "response body over 1 MiB".into()));
         }
     }
-    CALLS.release_http_session(session, peer, Some(IDLE)).await;
+    SHARED.release_http_session(session, peer, Some(IDLE)).await;
     Ok(Answer {
         status,
         headers,

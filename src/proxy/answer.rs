@@ -136,7 +136,7 @@ pub async fn preflight(
 /// made from the error), unless the client is gone or a response already started. Either
 /// way the request ends with that refusal.
 pub async fn fail(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-    if let Some(l) = ctx.plugins.local.take() {
+    if let Some(l) = ctx.plugins.take_local() {
         return fail_with_local(session, ctx, &l).await;
     }
     let reject = ctx.take_pending().unwrap_or_else(|| {

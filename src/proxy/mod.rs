@@ -214,8 +214,11 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if !ctx.plugins.on() {
+            return admission::count_body(ctx, body.as_ref());
+        }
         // a body read whole for the plugins was counted while it was read
-        if !ctx.plugins.body_read {
+        if !ctx.plugins.body_read() {
             admission::count_body(ctx, body.as_ref())?;
         }
         plugins::request_body(session, body, end_of_stream, ctx).await
@@ -224,7 +227,7 @@ impl ProxyHttp for Gateway {
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, e: &Error) -> bool {
         // a client hanging up is logged at INFO as a 499 by `logging::finish`; a plugin
         // that ended the request was logged by `plugins` (its failure) or is not an error
-        logging::client_gone(e) || ctx.plugins.stopped
+        logging::client_gone(e) || ctx.plugins.stopped()
     }
 
     fn suppress_proxy_warn_log(

@@ -221,7 +221,7 @@ pub(super) fn header_scope<'a>(
         method: &req.method,
         identity: ctx.identity.as_deref(),
         headers: Some(&req.headers),
-        vars: Some(ctx.plugins.vars()),
+        vars: ctx.plugins.vars(),
     }
 }
 

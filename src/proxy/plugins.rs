@@ -19,9 +19,14 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use std::sync::Arc;
 
-/// One request's plugin state.
+/// One request's plugin state: nothing (and nothing allocated) until the route's filters
+/// start, so a route without plugins adds one pointer to the context and one null check
+/// per phase.
 #[derive(Default)]
-pub struct Plugins {
+pub struct Plugins(Option<Box<Run>>);
+
+/// The state of a request whose route runs plugins.
+struct Run {
     /// One filter per plugin of the route, in its order. The mutex is never locked (only
     /// `get_mut`): it makes the context `Sync`, as Pingora requires, while a filter need
     /// only be `Send`.
@@ -31,32 +36,45 @@ pub struct Plugins {
     /// A filter asked for the whole request body in `request_head`.
     whole_body: bool,
     /// The body was read whole in `request_filter` and shown to the filters: the copy that
-    /// goes upstream is Pingora's buffer (or [`Plugins::replacement`]).
-    pub body_read: bool,
+    /// goes upstream is Pingora's buffer (or [`Run::replacement`]).
+    body_read: bool,
     /// What the filters made of the whole body, when they changed it.
     replacement: Option<Option<Bytes>>,
     /// A local answer decided where it could not be written: `fail_to_proxy` writes it.
-    pub local: Option<LocalResponse>,
+    local: Option<LocalResponse>,
     /// A filter ended a phase (its answer or its failure is the request's outcome): the
     /// error Pingora sees for it is not logged again.
-    pub stopped: bool,
+    stopped: bool,
 }
 
 impl Plugins {
-    fn filters(&mut self) -> &mut Vec<Box<dyn Filter>> {
-        self.filters
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The route's filters were started for this request.
+    pub fn on(&self) -> bool {
+        self.0.is_some()
     }
 
-    /// What the request's filters set for each other (empty without plugins).
-    pub fn vars(&self) -> &Vars {
-        &self.vars
+    /// What the request's filters set for each other.
+    pub fn vars(&self) -> Option<&Vars> {
+        self.0.as_ref().map(|r| &r.vars)
     }
 
-    /// Whether this request runs filters.
-    pub fn active(&mut self) -> bool {
-        !self.filters().is_empty()
+    /// The request body was read whole for the filters (and counted while it was read).
+    pub fn body_read(&self) -> bool {
+        self.0.as_ref().is_some_and(|r| r.body_read)
+    }
+
+    /// A filter ended the request.
+    pub fn stopped(&self) -> bool {
+        self.0.as_ref().is_some_and(|r| r.stopped)
+    }
+
+    /// The local answer a filter left for `fail_to_proxy`.
+    pub fn take_local(&mut self) -> Option<LocalResponse> {
+        self.0.as_mut()?.local.take()
+    }
+
+    fn run(&mut self) -> Option<&mut Run> {
+        self.0.as_deref_mut()
     }
 }
 
@@ -75,19 +93,16 @@ fn phase<'a>(
         ..
     } = ctx;
     let view = view.as_ref()?;
-    let Plugins {
+    let Run {
         filters,
         vars,
         method,
         whole_body,
         ..
-    } = plugins;
+    } = plugins.run()?;
     let filters = filters
         .get_mut()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if filters.is_empty() {
-        return None;
-    }
     let cx = PhaseCtx::new(
         &route.name,
         view,
@@ -102,14 +117,20 @@ fn phase<'a>(
     Some((filters, cx))
 }
 
-/// The route of a request that runs filters (the snapshot is kept apart from `ctx`).
+/// The route of a request whose filters run (the snapshot is kept apart from `ctx`).
 fn route_of(ctx: &Ctx) -> Option<(Arc<Snapshot>, usize)> {
+    if !ctx.plugins.on() {
+        return None;
+    }
     let i = ctx.route?;
-    ctx.snapshot
-        .routes
-        .get(i)
-        .filter(|r| !r.plugins.is_empty())?;
+    ctx.snapshot.routes.get(i)?;
     Some((ctx.snapshot.clone(), i))
+}
+
+/// The route lists plugins: `request_filter` starts them ([`admit`]).
+pub fn wanted(ctx: &Ctx) -> bool {
+    ctx.route()
+        .is_some_and(|r| !r.plugins.is_empty() && ctx.view.is_some())
 }
 
 /// What stopped a phase, made into what the gateway does: a local answer or a refusal.
@@ -148,10 +169,10 @@ fn stop(route: &Route, i: usize, flow: Flow, request_id: &str) -> Option<Stop> {
 /// `request_head` (and `request_body` on the whole body, when one asked for it).
 /// `Ok(true)` when a response was written; a refusal is left pending for the caller.
 pub async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-    let Some((snap, i)) = route_of(ctx) else {
+    let snap = ctx.snapshot.clone();
+    let Some(route) = ctx.route.and_then(|i| snap.routes.get(i)) else {
         return Ok(false);
     };
-    let route = &snap.routes[i];
     start(session, ctx, route);
     let uri = session.req_header().uri.clone();
     let mut outcome = request_head(session, ctx, route).await;
@@ -159,7 +180,7 @@ pub async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // the path a filter set is the one forwarded
         ctx.forward_uri = None;
     }
-    if outcome.is_none() && ctx.plugins.whole_body {
+    if outcome.is_none() && ctx.plugins.run().is_some_and(|r| r.whole_body) {
         if let Some(refusal) = read_body(session, ctx, route).await? {
             ctx.refuse(refusal);
             return Ok(false);
@@ -169,12 +190,12 @@ pub async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
     match outcome {
         None => Ok(false),
         Some(Stop::Fail(r)) => {
-            ctx.plugins.stopped = true;
+            mark_stopped(ctx);
             ctx.refuse(r);
             Ok(false)
         }
         Some(Stop::Respond(l)) => {
-            ctx.plugins.stopped = true;
+            mark_stopped(ctx);
             // a body not read yet is drained after the answer, as for any refusal here
             answer::local(session, ctx, &l, false).await?;
             Ok(true)
@@ -197,8 +218,22 @@ fn start(session: &Session, ctx: &mut Ctx, route: &Route) {
         headers: &req.headers,
     };
     let filters: Vec<Box<dyn Filter>> = route.plugins.iter().map(|p| p.start(&info)).collect();
-    ctx.plugins.method = req.method.clone();
-    *ctx.plugins.filters() = filters;
+    ctx.plugins = Plugins(Some(Box::new(Run {
+        filters: std::sync::Mutex::new(filters),
+        vars: Vars::default(),
+        method: req.method.clone(),
+        whole_body: false,
+        body_read: false,
+        replacement: None,
+        local: None,
+        stopped: false,
+    })));
+}
+
+fn mark_stopped(ctx: &mut Ctx) {
+    if let Some(r) = ctx.plugins.run() {
+        r.stopped = true;
+    }
 }
 
 async fn request_head(session: &mut Session, ctx: &mut Ctx, route: &Route) -> Option<Stop> {
@@ -255,7 +290,9 @@ async fn read_body(session: &mut Session, ctx: &mut Ctx, route: &Route) -> Resul
             return Ok(Some(crate::edge::body_too_large(limit)));
         }
     }
-    ctx.plugins.body_read = true;
+    if let Some(r) = ctx.plugins.run() {
+        r.body_read = true;
+    }
     Ok(None)
 }
 
@@ -281,7 +318,9 @@ async fn whole_body(session: &mut Session, ctx: &mut Ctx, route: &Route) -> Opti
         ended
     };
     if chunk != body {
-        ctx.plugins.replacement = Some(chunk);
+        if let Some(r) = ctx.plugins.run() {
+            r.replacement = Some(chunk);
+        }
     }
     let (i, flow) = ended?;
     stop(route, i, flow, &ctx.request_id)
@@ -290,9 +329,13 @@ async fn whole_body(session: &mut Session, ctx: &mut Ctx, route: &Route) -> Opti
 /// A stopped phase where the way out is an error: the answer (or the refusal) is kept for
 /// `fail_to_proxy`, and the error Pingora gets blames neither the upstream nor the client.
 fn defer(ctx: &mut Ctx, s: Stop) -> Result<()> {
-    ctx.plugins.stopped = true;
+    mark_stopped(ctx);
     match s {
-        Stop::Respond(l) => ctx.plugins.local = Some(l),
+        Stop::Respond(l) => {
+            if let Some(r) = ctx.plugins.run() {
+                r.local = Some(l);
+            }
+        }
         Stop::Fail(r) => ctx.refuse(r),
     }
     Error::e_explain(ErrorType::InternalError, "a plugin ended the request")
@@ -306,8 +349,8 @@ pub async fn request_body(
     end: bool,
     ctx: &mut Ctx,
 ) -> Result<()> {
-    if ctx.plugins.body_read {
-        if let Some(r) = &ctx.plugins.replacement {
+    if let Some(run) = ctx.plugins.run().filter(|r| r.body_read) {
+        if let Some(r) = &run.replacement {
             // the buffered body is sent whole, once per attempt
             *body = if end { r.clone() } else { None };
         }
@@ -345,7 +388,7 @@ pub fn upstream_request(session: &Session, req: &mut RequestHeader, ctx: &mut Ct
         return Ok(());
     };
     let route = &snap.routes[i];
-    if let Some(body) = &ctx.plugins.replacement {
+    if let Some(body) = ctx.plugins.run().and_then(|r| r.replacement.as_ref()) {
         let len = body.as_ref().map_or(0, Bytes::len);
         req.remove_header(&http::header::TRANSFER_ENCODING);
         req.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
@@ -419,9 +462,6 @@ pub fn response_body(
 
 /// `logging`: each filter hears how the request ended.
 pub fn log(session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
-    if !ctx.plugins.active() {
-        return;
-    }
     let Some((snap, i)) = route_of(ctx) else {
         return;
     };

@@ -115,7 +115,8 @@ pub async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
     if !ctx.refusing() && session.subrequest_ctx.is_none() {
         rate_limit(session, ctx);
     }
-    if !ctx.refusing() && super::plugins::admit(session, ctx).await? {
+    if !ctx.refusing() && super::plugins::wanted(ctx) && super::plugins::admit(session, ctx).await?
+    {
         return Ok(true);
     }
     answer::pending_refusal(session, ctx).await
