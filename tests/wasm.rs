@@ -518,3 +518,54 @@ routes:
     .await;
     assert!(ticking, "the timer ticks in the daemon:\n{}", error_log());
 }
+
+/// A filter's new `:path` is checked like a client's target and then is the request: the
+/// cache key and the target forwarded are the new one, in its canonical form, and an
+/// ambiguous one is a 400 that never reaches the upstream.
+#[tokio::test]
+async fn a_path_a_filter_sets_is_checked_keyed_and_forwarded_as_one() {
+    let up = Upstream::start("u").await;
+    let routes = format!(
+        r#"  - name: rw
+    match: {{ path: "/**" }}
+    upstream: u
+    cache: {{ default_ttl: 60s }}
+    wasm:
+      - {{ file: "{}" }}
+"#,
+        filter("set_path")
+    );
+    let gw = Gateway::start(&config(&up, None, &routes)).await;
+    let c = client();
+    // `/two/./x` is normalised to `/two/x`: that is what goes upstream and what is keyed
+    let first = send(
+        &c,
+        reqwest::Method::GET,
+        &gw.url("/one"),
+        &[("x-new-path", "/two/./x?q=1")],
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.x_cache(), "MISS");
+    assert_eq!(first.json()["path"], "/two/x", "{}", first.text());
+    assert_eq!(up.hits_for("/two/x"), 1);
+    // a client asking for the canonical target gets what the filter's request stored
+    let second = send(&c, reqwest::Method::GET, &gw.url("/two/x?q=1"), &[]).await;
+    assert_eq!(second.x_cache(), "HIT", "{}", second.text());
+    assert_eq!(second.body, first.body);
+    assert_eq!(up.hits(), 1);
+    // targets a client could not send are refused the same way when a filter sets them
+    for bad in ["/a/..%2fsecret", "/..", "/a/%2e%2e/%2e%2e/b"] {
+        let req = format!(
+            "GET /one HTTP/1.1\r\nHost: 127.0.0.1\r\nx-new-path: {bad}\r\nConnection: close\r\n\r\n"
+        );
+        let resp = raw(gw.port, req.as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{bad}: {resp}");
+        assert!(resp.contains("\"bad_request\""), "{bad}: {resp}");
+        assert!(
+            resp.contains("the target a plugin set is refused"),
+            "{bad}: {resp}"
+        );
+    }
+    assert_eq!(up.hits(), 1, "no refused target reached the upstream");
+}

@@ -290,15 +290,47 @@ impl HeaderRules {
     }
 }
 
+/// Headers the gateway decides itself: the message's framing and connection, and the Host
+/// the request was routed and cached by (`preserve_host` chooses it). A rule that changed
+/// one would forward something other than what routing, the cache key and the body checks
+/// saw, so the config refuses it.
+const GATEWAY_OWNED: [&str; 10] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+];
+
+/// The header name of a rule, or the problem with it.
+fn rule_name(k: &str) -> Result<HeaderName, String> {
+    let name = HeaderName::from_bytes(k.as_bytes())
+        .map_err(|_| format!("`{k}` is not a valid header name"))?;
+    if GATEWAY_OWNED.contains(&name.as_str()) {
+        return Err(format!(
+            "`{k}` is set by the gateway (framing, connection or the routed Host) and cannot be changed by a rule"
+        ));
+    }
+    Ok(name)
+}
+
 /// Compile `ops`, reporting each bad name or value under `{path}.set.NAME`, `{path}.add.NAME`
 /// or `{path}.remove[i]`.
 pub fn compile(ops: &HeaderOps, path: &str, p: &mut Problems) -> HeaderRules {
     let mut out = HeaderRules::default();
     let mut pair = |k: &str, v: &str, kind: &str| -> Option<(HeaderName, Template)> {
         let key = [path, ".", kind, ".", k].concat();
-        let Ok(name) = HeaderName::from_bytes(k.as_bytes()) else {
-            p.push(key, format!("`{k}` is not a valid header name"));
-            return None;
+        let name = match rule_name(k) {
+            Ok(n) => n,
+            Err(e) => {
+                p.push(key, e);
+                return None;
+            }
         };
         match Template::parse(v) {
             Ok(t) => Some((name, t)),
@@ -315,11 +347,11 @@ pub fn compile(ops: &HeaderOps, path: &str, p: &mut Problems) -> HeaderRules {
         out.add.extend(pair(k, v, "add"));
     }
     for (i, k) in ops.remove.iter().enumerate() {
-        match HeaderName::from_bytes(k.as_bytes()) {
+        match rule_name(k) {
             Ok(n) => out.remove.push(n),
-            Err(_) => p.push(
+            Err(e) => p.push(
                 [path, ".remove[", itoa::Buffer::new().format(i), "]"].concat(),
-                format!("`{k}` is not a valid header name"),
+                e,
             ),
         }
     }

@@ -175,10 +175,19 @@ pub async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
     };
     start(session, ctx, route);
     let uri = session.req_header().uri.clone();
+    let host = session
+        .req_header()
+        .headers
+        .get(http::header::HOST)
+        .cloned();
     let mut outcome = request_head(session, ctx, route).await;
-    if session.req_header().uri != uri {
-        // the path a filter set is the one forwarded
-        ctx.forward_uri = None;
+    let req = session.req_header();
+    let new_target = req.uri != uri;
+    if outcome.is_none() && (new_target || req.headers.get(http::header::HOST) != host.as_ref()) {
+        if let Err(r) = reframe(session, ctx, new_target) {
+            ctx.refuse(r);
+            return Ok(false);
+        }
     }
     if outcome.is_none() && ctx.plugins.run().is_some_and(|r| r.whole_body) {
         if let Some(refusal) = read_body(session, ctx, route).await? {
@@ -201,6 +210,28 @@ pub async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// A filter changed the request's target or Host: the canonical view is derived again from
+/// what it set, with the same checks as the client's request, so that the cache key, the
+/// access log and the request sent upstream follow the new target (the route stays the one
+/// chosen: a filter rewrites, it does not re-route). An ambiguous target is a 400. A new
+/// target replaces the route's own rewrite.
+fn reframe(session: &Session, ctx: &mut Ctx, new_target: bool) -> std::result::Result<(), Reject> {
+    let view = super::request::request_view(session, ctx.client.tls, ctx.snapshot.escaped_slashes)
+        .map_err(|e| {
+            Reject::new(
+                400,
+                "bad_request",
+                format!("the target a plugin set is refused: {}", e.message()),
+            )
+        })?;
+    if new_target {
+        // the target a filter set replaces the route's rewrite, in its canonical form
+        ctx.forward_uri = view.target_changed().then(|| view.path_and_query());
+    }
+    ctx.view = Some(view);
+    Ok(())
 }
 
 fn start(session: &Session, ctx: &mut Ctx, route: &Route) {

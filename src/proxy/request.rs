@@ -66,7 +66,7 @@ pub async fn begin(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
 }
 
 /// The canonical view of the request (`crate::view`) from its head.
-fn request_view(
+pub(super) fn request_view(
     session: &Session,
     tls: bool,
     slashes: crate::routing::path::EscapedSlashes,

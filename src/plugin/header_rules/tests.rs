@@ -134,6 +134,30 @@ fn bad_names_and_values_are_reported_by_key() {
 }
 
 #[test]
+fn framing_connection_and_host_are_not_for_rules() {
+    let mut ops = HeaderOps::default();
+    ops.set.insert("Host".into(), "other.test".into());
+    ops.set.insert("x-fine".into(), "1".into());
+    ops.add.insert("transfer-encoding".into(), "chunked".into());
+    ops.remove.push("content-length".into());
+    ops.remove.push("Connection".into());
+    ops.remove.push("x-gone".into());
+    let mut c = HeaderRules::default();
+    let errs = problems_of(|p| c = compile(&ops, "routes[0].request_headers", p));
+    assert_eq!((c.set.len(), c.add.len(), c.remove.len()), (1, 0, 1));
+    assert_eq!(errs.len(), 4, "{errs:?}");
+    for (e, at) in errs.iter().zip([
+        "routes[0].request_headers.set.Host",
+        "routes[0].request_headers.add.transfer-encoding",
+        "routes[0].request_headers.remove[0]",
+        "routes[0].request_headers.remove[1]",
+    ]) {
+        assert!(e.starts_with(&format!("{at}: ")), "{e}");
+        assert!(e.contains("set by the gateway"), "{e}");
+    }
+}
+
+#[test]
 fn remove_then_set_then_add_and_a_set_without_value_removes() {
     let mut ops = HeaderOps::default();
     ops.remove.push("x-a".into());
