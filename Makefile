@@ -55,6 +55,7 @@ bench: deps
 	$(CARGO) build --release --bins
 	./load-tests/callgrind.sh
 	WASM=noop ./load-tests/callgrind.sh
+	PLUGINS=header-rules ./load-tests/callgrind.sh
 
 load-test: build
 	./load-tests/run-k6.sh smoke.js

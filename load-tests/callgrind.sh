@@ -14,6 +14,8 @@
 #        WASM=NAME adds the proxy-wasm filter tests/wasm/NAME.wasm to the bench route
 #        (WASM=noop: a filter whose callbacks all return Continue; what is left is the host's
 #        cost); make bench measures the route with and without it.
+#        KEEP=DIR keeps the two callgrind outputs there (cg.busy, cg.idle) for
+#        `callgrind_annotate --inclusive=yes DIR/cg.busy`.
 # Needs valgrind and curl. Upstream: target/release/demo-upstream on a free port.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -94,6 +96,7 @@ served=$(( (REQUESTS / 16) * 16 + 1 ))
 busy=$(run busy "$REQUESTS")
 idle=$(run idle 0)
 lines=$(wc -l <"$TMP/access.log")
+if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$TMP/cg.busy" "$TMP/cg.idle" "$KEEP/"; fi
 python3 - "$busy" "$idle" "$served" "$lines" "$BIN" <<'PY'
 import sys
 busy, idle, served, lines, b = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]

@@ -395,7 +395,9 @@ impl Auth {
                 return Ok(id);
             }
         }
-        let id = issuer.verify(token).await?;
+        // boxed: a token not seen before is the rare case, and its future (a JWKS fetch
+        // among it) would otherwise be part of every request's `request_filter` future
+        let id = Box::pin(issuer.verify(token)).await?;
         if id
             .jti
             .as_deref()

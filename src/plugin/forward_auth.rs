@@ -216,10 +216,15 @@ impl Filter for ForwardAuthFilter {
                 d
             }
             None => {
-                let answer = inner
-                    .client
-                    .send(&http::Method::GET, &headers, inner.timeout, MAX_ANSWER)
-                    .await;
+                // boxed: inline, the call's future would make every request's future (a
+                // cached decision's too) several KiB larger, copied on each request
+                let answer = Box::pin(inner.client.send(
+                    &http::Method::GET,
+                    &headers,
+                    inner.timeout,
+                    MAX_ANSWER,
+                ))
+                .await;
                 match answer {
                     Ok(reply) => {
                         let (decision, keep) = decide(inner, reply);

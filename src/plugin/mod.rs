@@ -194,7 +194,8 @@ pub struct RequestInfo<'a> {
     pub view: &'a RequestView,
     pub method: &'a http::Method,
     /// Who the request is authenticated as, on a route with `auth`.
-    pub identity: Option<&'a Identity>,
+    /// (shared: a filter that keeps it for later phases clones the `Arc`, not the identity)
+    pub identity: Option<&'a Arc<Identity>>,
     pub client_ip: Option<IpAddr>,
     pub request_id: &'a str,
     /// The request head as received (after the gateway's header policy).

@@ -190,7 +190,8 @@ pub async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         }
     }
     if outcome.is_none() && ctx.plugins.run().is_some_and(|r| r.whole_body) {
-        if let Some(refusal) = read_body(session, ctx, route).await? {
+        // boxed: reading the body (and `100 Continue`) is the rare case
+        if let Some(refusal) = Box::pin(read_body(session, ctx, route)).await? {
             ctx.refuse(refusal);
             return Ok(false);
         }
@@ -243,7 +244,7 @@ fn start(session: &Session, ctx: &mut Ctx, route: &Route) {
         route: &route.name,
         view,
         method: &req.method,
-        identity: ctx.identity.as_deref(),
+        identity: ctx.identity.as_ref(),
         client_ip: ctx.client.ip,
         request_id: &ctx.request_id,
         headers: &req.headers,

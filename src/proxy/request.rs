@@ -115,7 +115,11 @@ pub async fn admit(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
     if !ctx.refusing() && session.subrequest_ctx.is_none() {
         rate_limit(session, ctx);
     }
-    if !ctx.refusing() && super::plugins::wanted(ctx) && super::plugins::admit(session, ctx).await?
+    // boxed: inline, the plugins' future would grow this one, which every request's
+    // `request_filter` copies, on routes without plugins too
+    if !ctx.refusing()
+        && super::plugins::wanted(ctx)
+        && Box::pin(super::plugins::admit(session, ctx)).await?
     {
         return Ok(true);
     }

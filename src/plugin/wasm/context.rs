@@ -28,7 +28,7 @@ pub enum Outcome {
 /// One request's context in one filter.
 pub struct Stream {
     pool: Arc<Pool>,
-    inst: Option<Instance>,
+    inst: Option<Box<Instance>>,
     /// Why the instance is gone, if it failed before the request could see it.
     failure: Option<Failure>,
     ctx: i32,
@@ -124,7 +124,11 @@ impl Stream {
         let count = (host.req.headers.len() + 4) as i32;
         let ctx = self.ctx;
         let r = match inst.call(&f, (ctx, count, 0)) {
-            Ok(_) => self.run_calls().await,
+            // The calls' future (a connection, a request, a response) is boxed: held inline
+            // it made every request's future tens of KiB, copied whether or not a call was
+            // made (callgrind: ~11k instructions of memcpy per request with a no-op filter).
+            Ok(_) if !inst.store.data().calls.is_empty() => Box::pin(self.run_calls()).await,
+            Ok(_) => Ok(()),
             Err(e) => Err(e),
         };
         if let Some(inst) = self.inst.as_mut() {

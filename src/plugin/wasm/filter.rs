@@ -6,7 +6,6 @@ use crate::plugin::{Filter, Flow, LocalResponse, PhaseCtx, Plugin, RequestInfo};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
-use std::sync::Arc;
 
 pub struct WasmPlugin {
     filter: WasmFilter,
@@ -36,7 +35,7 @@ impl Plugin for WasmPlugin {
             request_id: info.request_id.to_string(),
             client_ip: info.client_ip,
             tls: info.view.https,
-            identity: info.identity.map(|i| Arc::new(i.clone())),
+            identity: info.identity.cloned(),
             method: None,
             uri: None,
             version: None,

@@ -123,7 +123,10 @@ pub struct Pool {
     pub compiled: Arc<Compiled>,
     pre: InstancePre<Host>,
     limits: InstanceLimits,
-    idle: Mutex<Vec<Instance>>,
+    /// Boxed: a request moves its instance in and out of the pool by pointer (unboxed,
+    /// each checkout and give-back copied the whole instance).
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<Instance>>>,
 }
 
 impl Pool {
@@ -133,7 +136,7 @@ impl Pool {
         compiled: Arc<Compiled>,
         info: Arc<FilterInfo>,
         limits: InstanceLimits,
-    ) -> Result<(Arc<Pool>, Instance), String> {
+    ) -> Result<(Arc<Pool>, Box<Instance>), String> {
         let pre = engine::link(&compiled, &info.name)?;
         let pool = Arc::new(Pool {
             info,
@@ -147,7 +150,7 @@ impl Pool {
     }
 
     /// An idle instance, or a new one.
-    pub fn take(&self) -> Result<Instance, Failure> {
+    pub fn take(&self) -> Result<Box<Instance>, Failure> {
         if let Some(i) = self.idle.lock().pop() {
             return Ok(i);
         }
@@ -155,7 +158,7 @@ impl Pool {
     }
 
     /// Give an instance back after a request that did not fail it.
-    pub fn give_back(&self, mut inst: Instance) {
+    pub fn give_back(&self, mut inst: Box<Instance>) {
         inst.store.data_mut().reset();
         let mut idle = self.idle.lock();
         if idle.len() < self.limits.max_idle {
@@ -167,7 +170,7 @@ impl Pool {
         self.idle.lock().len()
     }
 
-    fn instantiate(&self) -> Result<Instance, Failure> {
+    fn instantiate(&self) -> Result<Box<Instance>, Failure> {
         let engine = engine::engine().map_err(Failure::Abi)?;
         let host = Host::new(self.info.clone(), self.limits.max_memory)
             .ok_or_else(|| Failure::Abi("host state".into()))?;
@@ -196,12 +199,12 @@ impl Pool {
         store.data_mut().memory = memory;
         store.data_mut().alloc = alloc;
         let cb = callbacks(&instance, &mut store)?;
-        let mut inst = Instance {
+        let mut inst = Box::new(Instance {
             store,
             cb,
             deadline,
             next_context: ROOT_CONTEXT,
-        };
+        });
         for init in ["_initialize", "_start"] {
             if let Ok(f) = instance.get_typed_func::<(), ()>(&mut inst.store, init) {
                 inst.call(&f, ())?;

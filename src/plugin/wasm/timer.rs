@@ -1,12 +1,13 @@
 //! Root-context timers (`proxy_set_tick_period_milliseconds` → `proxy_on_tick`). A filter
 //! whose root context set a period keeps one instance apart for its ticks; one thread
 //! (started by [`super::engine::ensure_threads`]) calls each such instance when its period
-//! has passed. A ticker ends when its filter is dropped (a reload) or its tick fails.
+//! has passed, and sleeps on a condition variable while no filter has a timer. A ticker ends
+//! when its filter is dropped (a reload) or its tick fails.
 
 use super::abi::ROOT_CONTEXT;
 use super::metrics::WASM_METRICS;
 use super::pool::{Instance, Pool};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -14,15 +15,17 @@ use std::time::{Duration, Instant};
 const GRANULARITY: Duration = Duration::from_millis(5);
 
 pub struct Ticker {
-    inst: Mutex<Option<Instance>>,
+    inst: Mutex<Option<Box<Instance>>>,
     pool: Arc<Pool>,
     next: Mutex<Instant>,
 }
 
 static TICKERS: LazyLock<Mutex<Vec<Weak<Ticker>>>> = LazyLock::new(|| Mutex::new(Vec::new()));
+/// Wakes the timer thread when the first ticker is registered.
+static WAKE: Condvar = Condvar::new();
 
 /// Keep `inst` for the filter's ticks; it ticks while the returned handle lives.
-pub fn register(inst: Instance, pool: Arc<Pool>) -> Arc<Ticker> {
+pub fn register(inst: Box<Instance>, pool: Arc<Pool>) -> Arc<Ticker> {
     let period = Duration::from_millis(u64::from(inst.store.data().tick_ms));
     let t = Arc::new(Ticker {
         inst: Mutex::new(Some(inst)),
@@ -30,21 +33,28 @@ pub fn register(inst: Instance, pool: Arc<Pool>) -> Arc<Ticker> {
         next: Mutex::new(Instant::now() + period),
     });
     TICKERS.lock().push(Arc::downgrade(&t));
+    WAKE.notify_one();
     t
 }
 
-/// The timer thread.
+/// The timer thread: every [`GRANULARITY`] while some filter has a timer, else asleep.
 pub fn run() {
     loop {
-        std::thread::sleep(GRANULARITY);
         let live: Vec<Arc<Ticker>> = {
             let mut list = TICKERS.lock();
-            list.retain(|w| w.strong_count() > 0);
+            loop {
+                list.retain(|w| w.strong_count() > 0);
+                if !list.is_empty() {
+                    break;
+                }
+                WAKE.wait(&mut list);
+            }
             list.iter().filter_map(Weak::upgrade).collect()
         };
         for t in live {
             t.tick_if_due();
         }
+        std::thread::sleep(GRANULARITY);
     }
 }
 
