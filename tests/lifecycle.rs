@@ -623,8 +623,9 @@ routes:
             .and_then(|s| s.trim().parse::<i32>().ok())
     };
     let error_log = || std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+    // both listeners: the admin one (the reload below goes there) may open after the proxy's
     let started = eventually(Duration::from_secs(20), || async {
-        read_pid().is_some() && accepts(port)
+        read_pid().is_some() && accepts(port) && accepts(admin_port)
     })
     .await;
     // without a pid file, the pid /healthz reports: the daemon is ended whatever happens
