@@ -549,19 +549,6 @@ async fn upgrade_wait_is_not_an_error() {
 // ---------------------------------------------------------------- -d with relative paths (issue 22 item 2)
 
 /// Ends the daemon at the end of the test, whatever happens.
-struct Daemon(Option<i32>);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = std::process::Command::new("kill")
-                .arg("-INT")
-                .arg(pid.to_string())
-                .status();
-        }
-    }
-}
-
 /// `portcullis -d -c portcullis.yaml` (relative, as the README's examples are): the daemon
 /// runs in another directory than the shell, and every reload re-reads the config and the
 /// files it names. Reloads by SIGHUP and by the admin API work, relative secret file and
@@ -596,32 +583,8 @@ routes:
         )
     };
     std::fs::write(dir.path().join("portcullis.yaml"), yaml("first")).unwrap();
-    std::fs::write(
-        dir.path().join("pingora.yaml"),
-        "---\nversion: 1\nthreads: 1\npid_file: portcullis.pid\nupgrade_sock: upgrade.sock\nerror_log: error.log\n",
-    )
-    .unwrap();
-    let status = std::process::Command::new(bin())
-        .current_dir(dir.path())
-        .args([
-            "-d",
-            "-c",
-            "portcullis.yaml",
-            "--server-conf",
-            "pingora.yaml",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "{status}");
-    let pid_file = dir.path().join("portcullis.pid");
-    let read_pid = || {
-        std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-    };
+    launch_daemon(dir.path());
+    let read_pid = || daemon_pid(dir.path());
     let error_log = || std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
     // both listeners: the admin one (the reload below goes there) may open after the proxy's
     let started = eventually(Duration::from_secs(20), || async {

@@ -417,19 +417,6 @@ fn bad_wasm_entries_are_config_errors_with_key_and_line() {
 }
 
 /// Ends the daemon at the end of the test, whatever happens.
-struct Daemon(Option<i32>);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = std::process::Command::new("kill")
-                .arg("-INT")
-                .arg(pid.to_string())
-                .status();
-        }
-    }
-}
-
 /// A daemon forks after loading its config: the time limit and the timers must run in the
 /// process that serves (threads do not survive a fork). The modules are relative to the
 /// config file, which the shell names relatively.
@@ -459,32 +446,8 @@ routes:
         addr = up.addr
     );
     std::fs::write(dir.path().join("portcullis.yaml"), yaml).unwrap();
-    std::fs::write(
-        dir.path().join("pingora.yaml"),
-        "---\nversion: 1\nthreads: 1\npid_file: portcullis.pid\nupgrade_sock: upgrade.sock\nerror_log: error.log\n",
-    )
-    .unwrap();
-    let status = std::process::Command::new(bin())
-        .current_dir(dir.path())
-        .args([
-            "-d",
-            "-c",
-            "portcullis.yaml",
-            "--server-conf",
-            "pingora.yaml",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "{status}");
-    let pid_file = dir.path().join("portcullis.pid");
-    let read_pid = || {
-        std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-    };
+    launch_daemon(dir.path());
+    let read_pid = || daemon_pid(dir.path());
     let error_log = || std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
     let c = client();
     let url = format!("http://127.0.0.1:{port}/x");

@@ -841,3 +841,52 @@ pub fn series(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+// ---------------------------------------------------------------- daemons
+
+/// A gateway daemonised with `-d`, ended with SIGINT when dropped.
+pub struct Daemon(pub Option<i32>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = Command::new("kill")
+                .arg("-INT")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+}
+
+/// Run `portcullis -d -c portcullis.yaml --server-conf pingora.yaml` in `dir` (relative
+/// paths, as the README's examples are), with a one-thread server conf whose pid file,
+/// upgrade socket and error log are in `dir` too. Returns once the launcher has exited.
+pub fn launch_daemon(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("pingora.yaml"),
+        "---\nversion: 1\nthreads: 1\npid_file: portcullis.pid\nupgrade_sock: upgrade.sock\nerror_log: error.log\n",
+    )
+    .unwrap();
+    let status = Command::new(bin())
+        .current_dir(dir)
+        .args([
+            "-d",
+            "-c",
+            "portcullis.yaml",
+            "--server-conf",
+            "pingora.yaml",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// The pid the daemon launched in `dir` wrote, once it has.
+pub fn daemon_pid(dir: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(dir.join("portcullis.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+}
