@@ -17,12 +17,19 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+/// A free TCP port on 127.0.0.1, bound and released. It is drawn at random from below the
+/// kernel's ephemeral range (32768-60999 here), so no outgoing connection of a parallel test
+/// and no `bind(0)` can be handed the same port before the test's own process binds it.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..1000 {
+        let port = rng.gen_range(20_000..32_000);
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-32000")
 }
 
 /// A port on 127.0.0.1 that refuses connections and stays reserved while this lives: the
@@ -273,6 +280,7 @@ pub fn resp(status: u16, body: Vec<u8>, ctype: &str) -> Response<Full<Bytes>> {
 // ---------------------------------------------------------------- the gateway
 
 /// How [`Gateway::start_opts`] runs the binary.
+#[derive(Clone)]
 pub struct StartOptions {
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
@@ -373,11 +381,20 @@ impl Gateway {
         Self::start_opts(yaml, opts).await
     }
 
-    /// Start with `opts` and wait until the proxy listener accepts.
+    /// Start with `opts` and wait until the proxy listener accepts. A process that could not
+    /// listen because a port it was given was taken meanwhile is started again on new ports.
     pub async fn start_opts(yaml: &str, opts: StartOptions) -> Gateway {
-        let mut gw = Self::spawn(yaml, opts);
-        gw.wait_ready().await;
-        gw
+        for _ in 0..3 {
+            let mut gw = Self::spawn(yaml, opts.clone());
+            match gw.wait_listening().await {
+                Ok(()) => return gw,
+                Err(log) if opts.port.is_none() && log.contains("ddress already in use") => {
+                    continue
+                }
+                Err(log) => panic!("portcullis exited:\n{log}"),
+            }
+        }
+        panic!("portcullis found its ports taken three times")
     }
 
     /// Start the process without waiting for it to listen.
@@ -444,10 +461,17 @@ impl Gateway {
     }
 
     async fn wait_ready(&mut self) {
+        if let Err(log) = self.wait_listening().await {
+            panic!("portcullis exited:\n{log}");
+        }
+    }
+
+    /// Wait until the listeners accept; the log if the process exited first.
+    async fn wait_listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("portcullis exited with {status}:\n{}", self.log());
+                return Err(format!("exit status {status}\n{}", self.log()));
             }
             // the proxy listener and, when configured, the admin listener (which may come
             // up later: a test asking /healthz right after start would get nothing)
@@ -460,7 +484,7 @@ impl Gateway {
                         .await
                         .is_ok())
             {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
                 panic!("portcullis did not start listening:\n{}", self.log());
