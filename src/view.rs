@@ -360,6 +360,29 @@ mod tests {
         );
         let v = view_v("*", &["a"], Version::HTTP_11, &Method::OPTIONS).unwrap();
         assert_eq!(v.form, Form::Asterisk);
+        assert_eq!((v.path.as_str(), v.path_changed), ("*", false));
+    }
+
+    #[test]
+    fn bracketed_hosts_and_port_digits() {
+        assert_eq!(parse_authority(b"[::1]"), Ok(("[::1]".to_string(), None)));
+        assert_eq!(
+            parse_authority(b"[::1]:8080"),
+            Ok(("[::1]".to_string(), Some(8080)))
+        );
+        assert_eq!(
+            parse_authority(b"a.test:65535"),
+            Ok(("a.test".to_string(), Some(65535)))
+        );
+        // six digits are refused even when their value fits (`000080`)
+        assert_eq!(parse_authority(b"a.test:000080"), Err(ViewError::BadHost));
+        assert_eq!(parse_authority(b"a.test:65536"), Err(ViewError::BadHost));
+    }
+
+    #[test]
+    fn every_error_says_what_is_wrong() {
+        assert!(ViewError::NoHost.message().contains("no Host header"));
+        assert!(ViewError::Fragment.message().contains("fragment"));
     }
 
     #[test]

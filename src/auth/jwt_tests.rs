@@ -5,16 +5,22 @@ use super::*;
 use crate::config::{parse_str, Problems};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::json;
+use std::time::Duration;
 
 const SECRET: &[u8] = b"unit-test-secret-of-sufficient-length";
 
+/// Written once per process: tests run in parallel threads and must not see it rewritten.
 fn secret_file() -> String {
-    let dir = std::env::temp_dir().join(format!("portcullis-jwt-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("secret");
-    // a trailing newline is not part of the secret
-    std::fs::write(&path, [SECRET, b"\n"].concat()).unwrap();
-    path.display().to_string()
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("portcullis-jwt-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret");
+        // a trailing newline is not part of the secret
+        std::fs::write(&path, [SECRET, b"\n"].concat()).unwrap();
+        path.display().to_string()
+    })
+    .clone()
 }
 
 fn config(extra: &str) -> JwtIssuerConfig {
@@ -251,4 +257,85 @@ fn peeking_and_loopback() {
     for h in ["example.com", "10.0.0.1", "[::2]", "localhost.evil.test"] {
         assert!(!is_loopback_host(h), "{h}");
     }
+}
+
+/// Problems of an RS256 issuer with `extra` keys, and how often a JWKS source was asked for.
+fn build_rs(extra: &str) -> (Vec<String>, usize) {
+    let c: JwtIssuerConfig = serde_yaml::from_str(&format!(
+        "{{ name: t, issuer: i, algorithms: [RS256]{extra} }}"
+    ))
+    .unwrap();
+    let src = parse_str("t.yaml", "{}").unwrap();
+    let mut p = Problems::new(&src);
+    let mut asked = 0;
+    let mut jwks = |c: &JwtIssuerConfig| -> Arc<JwksSource> {
+        asked += 1;
+        Arc::new(JwksSource::new(
+            c.jwks_url.clone().unwrap_or_default(),
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+        ))
+    };
+    let issuer = Issuer::build(&c, &mut jwks, &mut p);
+    let problems: Vec<String> = p
+        .errors
+        .iter()
+        .map(|e| format!("{}: {}", e.path, e.message))
+        .collect();
+    assert_eq!(issuer.is_some(), problems.is_empty(), "{problems:?}");
+    (problems, asked)
+}
+
+#[test]
+fn jwks_urls_are_https_or_loopback_http() {
+    for ok in [
+        "https://idp.test/jwks",
+        "http://127.0.0.1:9/jwks",
+        "http://localhost/jwks",
+    ] {
+        assert_eq!(
+            build_rs(&format!(", jwks_url: '{ok}'")),
+            (vec![], 1),
+            "{ok}"
+        );
+    }
+    let (e, asked) = build_rs(", jwks_url: 'http://idp.test/jwks'");
+    assert!(e.len() == 1 && e[0].contains("plain http"), "{e:?}");
+    assert_eq!(asked, 0);
+    assert_eq!(
+        build_rs(", jwks_url: 'http://idp.test/jwks', allow_insecure_http: true"),
+        (vec![], 1)
+    );
+    for bad in ["ftp://idp.test/jwks", "/jwks", "https:///x"] {
+        let (e, asked) = build_rs(&format!(", jwks_url: '{bad}'"));
+        assert!(
+            e.iter().any(|m| m.contains("is not an http(s) URL")),
+            "{bad}: {e:?}"
+        );
+        assert_eq!(asked, 0);
+    }
+}
+
+#[test]
+fn a_secret_from_the_environment_must_be_set_and_hmac() {
+    let var = format!("PORTCULLIS_JWT_UNIT_{}", std::process::id());
+    let hs = |extra: &str| {
+        serde_yaml::from_str::<JwtIssuerConfig>(&format!(
+            "{{ name: t, issuer: i, algorithms: [HS256], secret_env: {var}{extra} }}"
+        ))
+        .unwrap()
+    };
+    let e = build(&hs("")).map(|_| ()).unwrap_err();
+    assert!(e.iter().any(|m| m.contains("is not set or empty")), "{e:?}");
+    std::env::set_var(&var, "");
+    assert!(build(&hs("")).is_err(), "an empty secret is refused");
+    std::env::set_var(&var, "a-secret-from-the-environment");
+    assert!(build(&hs("")).is_ok());
+    let rs = serde_yaml::from_str::<JwtIssuerConfig>(&format!(
+        "{{ name: t, issuer: i, algorithms: [RS256], secret_env: {var} }}"
+    ))
+    .unwrap();
+    let e = build(&rs).map(|_| ()).unwrap_err();
+    assert!(e.iter().any(|m| m.contains("needs HS256")), "{e:?}");
+    std::env::remove_var(&var);
 }

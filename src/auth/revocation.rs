@@ -103,13 +103,20 @@ mod tests {
     fn only_future_revocations_are_added_and_a_later_time_extends() {
         let r = fresh();
         let now = unix_now();
-        assert_eq!(r.add_many([("past".into(), now - 1), ("now".into(), now)]), 0);
+        assert_eq!(
+            r.add_many([("past".into(), now - 1), ("now".into(), now)]),
+            0
+        );
         assert!(r.is_empty(), "{:?}", r.snapshot());
         assert_eq!(
             r.add_many([("a".into(), now + 100), ("b".into(), now + 100)]),
             2
         );
-        assert_eq!(r.add_many([("a".into(), now + 50)]), 0, "earlier: no change");
+        assert_eq!(
+            r.add_many([("a".into(), now + 50)]),
+            0,
+            "earlier: no change"
+        );
         assert_eq!(r.snapshot().get("a"), Some(&(now + 100)));
         assert_eq!(r.add_many([("a".into(), now + 200)]), 1);
         assert_eq!(r.snapshot().get("a"), Some(&(now + 200)));

@@ -390,6 +390,35 @@ mod tests {
     }
 
     #[test]
+    fn each_method_a_list_names_is_the_one_it_lets_through() {
+        for name in METHOD_NAMES {
+            let m = Method::from_bytes(name.as_bytes()).unwrap();
+            let only = Methods::parse(&[name.to_string()]).unwrap();
+            assert!(only.allows(&m), "{name}");
+            for other in METHOD_NAMES {
+                let o = Method::from_bytes(other.as_bytes()).unwrap();
+                // GET implies HEAD, nothing else implies anything
+                let want = other == name || (name == "GET" && other == "HEAD");
+                assert_eq!(only.allows(&o), want, "{name} lets {other} through");
+            }
+            assert!(!only.allows(&Method::from_bytes(b"M-SEARCH").unwrap()));
+        }
+        let any = Methods::ANY;
+        assert!(any.allows(&Method::from_bytes(b"M-SEARCH").unwrap()));
+        assert!(METHOD_NAMES
+            .iter()
+            .all(|n| any.allows(&Method::from_bytes(n.as_bytes()).unwrap())));
+    }
+
+    #[test]
+    fn len_counts_the_routes() {
+        let r = Router::new(vec![spec(None, "/a", None), spec(None, "/b", None)]);
+        assert_eq!((r.len(), r.is_empty()), (2, false));
+        let none = Router::new(vec![]);
+        assert_eq!((none.len(), none.is_empty()), (0, true));
+    }
+
+    #[test]
     fn methods_and_405() {
         let r = Router::new(vec![
             spec(None, "/items/:id", Some(&["GET"])),
