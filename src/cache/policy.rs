@@ -428,6 +428,54 @@ mod tests {
     }
 
     #[test]
+    fn only_server_errors_are_transient() {
+        assert_eq!(
+            transient_for_5xx(500, REASON_NO_FRESHNESS),
+            REASON_SERVER_ERROR
+        );
+        assert_eq!(transient_for_5xx(503, REASON_STALE), REASON_SERVER_ERROR);
+        assert_eq!(
+            transient_for_5xx(499, REASON_NO_FRESHNESS),
+            REASON_NO_FRESHNESS
+        );
+        assert!(transient_reason(REASON_SERVER_ERROR));
+        assert!(!transient_reason(REASON_SET_COOKIE));
+    }
+
+    #[test]
+    fn a_status_list_decides_what_is_stored() {
+        let mut c = cfg();
+        c.statuses = Some(vec![404, 200]);
+        let r = compile(&c, false).unwrap();
+        assert!(r.may_store_status(200) && r.may_store_status(404));
+        assert!(!r.may_store_status(500) && !r.may_store_status(301));
+        let d = compile(&cfg(), false).unwrap();
+        assert!(d.may_store_status(500) && !d.may_store_status(206));
+    }
+
+    #[test]
+    fn equal_default_and_max_ttl_are_fine_and_targeted_fields_are_deduplicated() {
+        let mut c = cfg();
+        c.default_ttl = Some(Dur::secs(10));
+        c.max_ttl = Some(Dur::secs(10));
+        assert!(compile(&c, false).is_ok());
+        c.default_ttl = Some(Dur::secs(11));
+        assert!(compile(&c, false).unwrap_err()[0].contains("default_ttl"));
+        let mut c = cfg();
+        c.targeted.fields = vec!["CDN-Cache-Control".into(), "cdn-cache-control".into()];
+        assert_eq!(compile(&c, false).unwrap().targeted.len(), 1);
+    }
+
+    #[test]
+    fn vary_names_are_lower_case_once_each() {
+        let r = resp(
+            200,
+            &[("vary", "Accept, , accept-encoding"), ("vary", "ACCEPT")],
+        );
+        assert_eq!(vary_names(&r), ["accept", "accept-encoding"]);
+    }
+
+    #[test]
     fn validation() {
         let mut c = cfg();
         c.ttl = Some(Dur::secs(10));

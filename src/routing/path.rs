@@ -204,6 +204,13 @@ mod tests {
     }
 
     #[test]
+    fn multi_byte_characters_survive_normalisation_whole() {
+        assert_eq!(n("/caf\u{e9}/./x").unwrap(), "/caf\u{e9}/x");
+        assert_eq!(n("/\u{20ac}/../\u{1f600}//y").unwrap(), "/\u{1f600}/y");
+        assert_eq!(n("/a\u{7f}b"), Err(PathError::Malformed));
+    }
+
+    #[test]
     fn plain_paths_are_borrowed() {
         assert!(matches!(normalize("/api/users/1"), Ok(Cow::Borrowed(_))));
         assert!(matches!(normalize("/a.b/c..d/.e"), Ok(Cow::Borrowed(_))));

@@ -214,6 +214,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_parameter_needs_a_name_of_word_characters() {
+        assert!(PathPattern::parse("/a/:").is_err());
+        assert!(PathPattern::parse("/a/:x-y").is_err());
+        assert!(PathPattern::parse("/a/:x_1").is_ok());
+    }
+
+    #[test]
     fn patterns() {
         let p = PathPattern::parse("/api/users/:id").unwrap();
         assert_eq!(p.segments.len(), 3);
