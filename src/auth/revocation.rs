@@ -117,6 +117,11 @@ mod tests {
             0,
             "earlier: no change"
         );
+        assert_eq!(
+            r.add_many([("a".into(), now + 100)]),
+            0,
+            "the same: no change"
+        );
         assert_eq!(r.snapshot().get("a"), Some(&(now + 100)));
         assert_eq!(r.add_many([("a".into(), now + 200)]), 1);
         assert_eq!(r.snapshot().get("a"), Some(&(now + 200)));
