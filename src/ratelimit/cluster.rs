@@ -362,3 +362,7 @@ impl Cluster {
         self.running.store(false, Ordering::Release);
     }
 }
+
+#[cfg(test)]
+#[path = "cluster_tests.rs"]
+mod tests;
