@@ -339,3 +339,29 @@ fn a_secret_from_the_environment_must_be_set_and_hmac() {
     assert!(e.iter().any(|m| m.contains("needs HS256")), "{e:?}");
     std::env::remove_var(&var);
 }
+
+#[test]
+fn a_public_key_file_is_read_for_its_algorithm_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, alg: &'static rcgen::SignatureAlgorithm| {
+        let pem = rcgen::KeyPair::generate_for(alg).unwrap().public_key_pem();
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let ec = write("ec.pem", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let ed = write("ed.pem", &rcgen::PKCS_ED25519);
+    let with = |alg: &str, path: &str| {
+        let c: JwtIssuerConfig = serde_yaml::from_str(&format!(
+            "{{ name: t, issuer: i, algorithms: [{alg}], public_key_file: '{path}' }}"
+        ))
+        .unwrap();
+        build(&c).map(|_| ())
+    };
+    assert_eq!(with("ES256", &ec), Ok(()));
+    assert_eq!(with("EdDSA", &ed), Ok(()));
+    let e = with("ES256", &ed).unwrap_err();
+    assert!(e.iter().any(|m| m.contains("not a usable PEM key")), "{e:?}");
+    let e = with("RS256", &ec).unwrap_err();
+    assert!(e.iter().any(|m| m.contains("not a usable PEM key")), "{e:?}");
+}
