@@ -201,6 +201,17 @@ async fn a_claim_that_cannot_be_a_header_refuses_the_token() {
     assert_eq!(reason(&i, &token(bad)).await, "bad_claim");
     let tab = with(base(), "sub", json!("a\tb"));
     assert_eq!(reason(&i, &token(tab)).await, "bad_claim");
+    // a space is a header value's business, a boolean is forwarded as its word
+    let i2 = issuer(", forward_claims: { sub: x-auth-subject, admin: x-admin }");
+    let claims = with(with(base(), "sub", json!("a b")), "admin", json!(true));
+    let id = i2.verify(&token(claims)).await.unwrap();
+    let fwd: Vec<String> = id
+        .forward
+        .iter()
+        .map(|(h, v)| format!("{h}={}", v.to_str().unwrap()))
+        .collect();
+    assert!(fwd.contains(&"x-auth-subject=a b".to_string()), "{fwd:?}");
+    assert!(fwd.contains(&"x-admin=true".to_string()), "{fwd:?}");
     // a claim that is not forwarded may hold anything
     let other = with(base(), "note", json!("line\r\nbreak"));
     assert_eq!(reason(&i, &token(other)).await, "ok");
@@ -361,7 +372,13 @@ fn a_public_key_file_is_read_for_its_algorithm_family() {
     assert_eq!(with("ES256", &ec), Ok(()));
     assert_eq!(with("EdDSA", &ed), Ok(()));
     let e = with("ES256", &ed).unwrap_err();
-    assert!(e.iter().any(|m| m.contains("not a usable PEM key")), "{e:?}");
+    assert!(
+        e.iter().any(|m| m.contains("not a usable PEM key")),
+        "{e:?}"
+    );
     let e = with("RS256", &ec).unwrap_err();
-    assert!(e.iter().any(|m| m.contains("not a usable PEM key")), "{e:?}");
+    assert!(
+        e.iter().any(|m| m.contains("not a usable PEM key")),
+        "{e:?}"
+    );
 }
