@@ -154,4 +154,95 @@ mod tests {
         assert!((1..=120).contains(&r), "{r}");
         assert!(l.reset_secs(&u) <= 60);
     }
+
+    fn usage(estimate: f64, prev: f64, curr: f64, fraction: f64) -> Usage {
+        Usage {
+            estimate,
+            prev,
+            curr,
+            fraction,
+        }
+    }
+
+    #[test]
+    fn limits_are_per_internal_interval() {
+        let l = Limiter::new(3, Duration::from_millis(500), 64);
+        assert_eq!((l.interval, l.limit()), (Duration::from_secs(1), 6.0));
+        assert_eq!((l.requests, l.per), (3, Duration::from_millis(500)));
+        let l = Limiter::new(3, Duration::from_secs(7), 64);
+        assert_eq!((l.interval, l.limit()), (Duration::from_secs(7), 3.0));
+    }
+
+    #[test]
+    fn usage_reports_the_counts() {
+        let l = Limiter::new(3, Duration::from_secs(3600), 1024);
+        for n in 1..=3 {
+            let (ok, u) = l.try_acquire(&"k", 0.0, l.limit());
+            assert!(ok);
+            assert_eq!((u.estimate, u.prev, u.curr), (n as f64, 0.0, n as f64));
+            assert!((0.0..0.5).contains(&u.fraction));
+        }
+        // rejected: not counted
+        for _ in 0..2 {
+            let (ok, u) = l.try_acquire(&"k", 0.0, l.limit());
+            assert!(!ok);
+            assert_eq!((u.estimate, u.prev, u.curr), (3.0, 0.0, 3.0));
+        }
+        // what others counted is added to the estimate
+        let (ok, u) = l.try_acquire(&"j", 1.5, l.limit());
+        assert!(ok);
+        assert_eq!((u.estimate, u.curr), (2.5, 1.0));
+        let (ok, u) = l.try_acquire(&"j", 1.5, l.limit());
+        assert!(!ok);
+        assert_eq!((u.estimate, u.curr), (2.5, 1.0));
+    }
+
+    #[test]
+    fn the_cap_bounds_admissions() {
+        let l = Limiter::new(10, Duration::from_secs(3600), 1024);
+        assert!(l.try_acquire(&"k", 0.0, 2.0).0);
+        assert!(l.try_acquire(&"k", 0.0, 2.0).0);
+        assert!(!l.try_acquire(&"k", 0.0, 2.0).0);
+        // exactly at the cap with others' counts is still admitted
+        assert!(l.try_acquire(&"k", 1.0, 4.0).0);
+        assert!(!l.try_acquire(&"k", 0.5, 4.0).0);
+    }
+
+    #[test]
+    fn release_gives_back_one_admission() {
+        let l = Limiter::new(1, Duration::from_secs(3600), 1024);
+        assert!(l.try_acquire(&"k", 0.0, l.limit()).0);
+        assert!(!l.try_acquire(&"k", 0.0, l.limit()).0);
+        l.release(&"k");
+        let (ok, u) = l.try_acquire(&"k", 0.0, l.limit());
+        assert!(ok);
+        assert_eq!(u.curr, 1.0);
+        assert!(!l.try_acquire(&"k", 0.0, l.limit()).0);
+    }
+
+    #[test]
+    fn reset_is_the_rest_of_the_window() {
+        let l = Limiter::new(10, Duration::from_secs(100), 64);
+        assert_eq!(l.reset_secs(&usage(0.0, 0.0, 0.0, 0.5)), 50);
+        assert_eq!(l.reset_secs(&usage(0.0, 0.0, 0.0, 0.255)), 75);
+        assert_eq!(l.reset_secs(&usage(0.0, 0.0, 0.0, 1.0)), 1);
+        assert_eq!(l.reset_secs(&usage(0.0, 0.0, 0.0, 0.0)), 100);
+    }
+
+    #[test]
+    fn retry_after_follows_the_decay() {
+        let l = Limiter::new(10, Duration::from_secs(100), 64);
+        // room left, or exactly the limit after one more: retry at once
+        assert_eq!(l.retry_after_secs(&usage(5.0, 0.0, 5.0, 0.5)), 1);
+        assert_eq!(l.retry_after_secs(&usage(9.0, 0.0, 9.0, 0.5)), 1);
+        // the previous window's share decays enough within this window
+        assert_eq!(l.retry_after_secs(&usage(10.0, 4.0, 8.0, 0.5)), 25);
+        assert_eq!(l.retry_after_secs(&usage(10.0, 3.0, 8.0, 0.5)), 34);
+        assert_eq!(l.retry_after_secs(&usage(9.001, 100.0, 8.0, 0.5)), 1);
+        // not within this window: then the current window decays in turn
+        assert_eq!(l.retry_after_secs(&usage(12.0, 4.0, 10.0, 0.5)), 60);
+        assert_eq!(l.retry_after_secs(&usage(10.0, 0.0, 10.0, 0.25)), 85);
+        assert_eq!(l.retry_after_secs(&usage(10.0, 1.0, 5.0, 0.5)), 50);
+        assert_eq!(l.retry_after_secs(&usage(10.0, 0.0, 20.0, 0.5)), 105);
+    }
 }

@@ -447,3 +447,7 @@ fn compile_cluster(
         _ => Some(Arc::new(cluster::Cluster::new(cc.clone()))),
     }
 }
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
