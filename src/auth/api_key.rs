@@ -252,4 +252,126 @@ mod tests {
         ));
         assert!(keys.check(b"old-key", 10).is_ok());
     }
+
+    #[test]
+    fn expiry_string_is_parsed() {
+        let v = serde_yaml::Value::String("1970-01-02T00:00:00Z".into());
+        assert_eq!(parse_expiry(&v).unwrap(), 86_400);
+        assert_eq!(
+            parse_expiry(&serde_yaml::Value::Number(1234.into())).unwrap(),
+            1234
+        );
+        assert!(parse_expiry(&serde_yaml::Value::Bool(true)).is_err());
+    }
+
+    #[test]
+    fn expiry_time_arithmetic() {
+        assert_eq!(rfc3339_seconds("1970-01-01").unwrap(), 0);
+        assert_eq!(rfc3339_seconds("1970-01-01T00:00:00Z").unwrap(), 0);
+        assert_eq!(
+            rfc3339_seconds("1970-01-02T10:20:30Z").unwrap(),
+            86_400 + 10 * 3600 + 20 * 60 + 30
+        );
+        assert_eq!(
+            rfc3339_seconds("2027-01-31T23:59:59Z").unwrap(),
+            1_801_439_999
+        );
+    }
+
+    #[test]
+    fn expiry_field_bounds() {
+        // the largest accepted values
+        assert_eq!(
+            rfc3339_seconds("1970-01-01T23:59:60Z").unwrap(),
+            23 * 3600 + 59 * 60 + 60
+        );
+        assert_eq!(rfc3339_seconds("1970-01-01T23:00:00Z").unwrap(), 23 * 3600);
+        assert_eq!(rfc3339_seconds("1970-01-01T00:59:00Z").unwrap(), 59 * 60);
+        assert_eq!(rfc3339_seconds("1970-01-01T00:00:60Z").unwrap(), 60);
+        assert!(rfc3339_seconds("9999-12-31").is_ok());
+        // one past
+        for bad in [
+            "1970-01-01T24:00:00Z",
+            "1970-01-01T00:60:00Z",
+            "1970-01-01T00:00:61Z",
+            "10000-01-01",
+            "1969-12-31",
+            "2000-01-32",
+            "2000-00-10",
+            // wrong number of fields
+            "2000-01-01-05",
+            "2000-01",
+            "2000-01-01T00:00Z",
+            "2000-01-01T00:00:00:00Z",
+        ] {
+            assert!(rfc3339_seconds(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    fn build(keys: Vec<ApiKeyConfig>) -> ApiKeys {
+        let cfg = ApiKeysConfig {
+            header: "x-api-key".into(),
+            query_param: None,
+            forward_id_header: "X-Auth-Subject".into(),
+            keys,
+        };
+        let src = crate::config::parse_str("t.yaml", "{}").unwrap();
+        let mut p = Problems::new(&src);
+        ApiKeys::build(&cfg, &mut p).unwrap()
+    }
+
+    fn key_cfg(id: &str, key: &[u8], expires: Option<serde_yaml::Value>) -> ApiKeyConfig {
+        ApiKeyConfig {
+            id: id.into(),
+            sha256: hex::encode(Sha256::digest(key)),
+            scopes: vec![],
+            tier: None,
+            expires,
+        }
+    }
+
+    fn reason(r: Result<Arc<Identity>, AuthFailure>) -> &'static str {
+        match r {
+            Ok(_) => "ok",
+            Err(AuthFailure::Invalid { reason, .. }) => reason,
+            Err(_) => "other",
+        }
+    }
+
+    #[test]
+    fn key_length_limits() {
+        let long = vec![b'k'; 512];
+        let too_long = vec![b'k'; 513];
+        let keys = build(vec![
+            key_cfg("long", &long, None),
+            key_cfg("too-long", &too_long, None),
+            key_cfg("empty", b"", None),
+        ]);
+        assert_eq!(reason(keys.check(&long, 0)), "ok");
+        assert_eq!(reason(keys.check(&too_long, 0)), "malformed");
+        assert_eq!(reason(keys.check(&vec![b'k'; 4096], 0)), "malformed");
+        assert_eq!(reason(keys.check(b"", 0)), "malformed");
+        assert_eq!(reason(keys.check(b"other", 0)), "unknown_key");
+    }
+
+    #[test]
+    fn expiry_given_as_date_string() {
+        let keys = build(vec![key_cfg(
+            "dated",
+            b"dated-key",
+            Some(serde_yaml::Value::String("1970-01-02".into())),
+        )]);
+        assert_eq!(reason(keys.check(b"dated-key", 86_399)), "ok");
+        assert_eq!(reason(keys.check(b"dated-key", 86_400)), "expired");
+    }
+
+    #[test]
+    fn len_and_is_empty() {
+        let none = build(vec![]);
+        assert!(none.is_empty());
+        assert_eq!(none.len(), 0);
+        let two = build(vec![key_cfg("a", b"a", None), key_cfg("b", b"b", None)]);
+        assert!(!two.is_empty());
+        assert_eq!(two.len(), 2);
+    }
 }

@@ -99,4 +99,67 @@ mod tests {
         }
         assert!(c.len() <= 64, "bounded: {}", c.len());
     }
+
+    fn key(first: u8, n: u32) -> [u8; 32] {
+        let mut k = [0u8; 32];
+        k[0] = first;
+        k[1..5].copy_from_slice(&n.to_le_bytes());
+        k
+    }
+
+    #[test]
+    fn len_and_is_empty() {
+        let c = TokenCache::new(64);
+        assert_eq!(c.len(), 0);
+        assert!(c.is_empty());
+        c.insert(key(1, 0), ident(), 100, 50);
+        assert_eq!(c.len(), 1);
+        assert!(!c.is_empty());
+        c.insert(key(2, 0), ident(), 100, 50);
+        c.insert(key(3, 0), ident(), 100, 50);
+        assert_eq!(c.len(), 3);
+    }
+
+    /// 64 entries over 32 shards: 2 per shard. Keys differing in their first byte
+    /// (0..32) land in different shards, so none is evicted.
+    #[test]
+    fn keys_spread_over_shards() {
+        let c = TokenCache::new(64);
+        for b in 0..32u8 {
+            c.insert(key(b, 0), ident(), 1000, 50);
+        }
+        assert_eq!(c.len(), 32);
+        for b in 0..32u8 {
+            assert!(c.get(&key(b, 0), 60).is_some(), "key {b} evicted");
+        }
+    }
+
+    /// A full shard first drops entries expiring exactly now (they can no longer be
+    /// served), and then has room without evicting live entries.
+    #[test]
+    fn full_shard_drops_entries_expiring_now() {
+        let c = TokenCache::new(320); // 10 per shard
+        for i in 0..9 {
+            c.insert(key(7, i), ident(), 100, 50);
+        }
+        c.insert(key(7, 100), ident(), 1000, 50);
+        assert_eq!(c.len(), 10);
+        c.insert(key(7, 200), ident(), 1000, 100);
+        assert_eq!(c.len(), 2, "only the two live entries remain");
+        assert!(c.get(&key(7, 100), 100).is_some());
+        assert!(c.get(&key(7, 200), 100).is_some());
+    }
+
+    /// A shard full of live entries drops a tenth of them (2 of 20) to make room.
+    #[test]
+    fn full_shard_evicts_a_tenth() {
+        let c = TokenCache::new(640); // 20 per shard
+        for i in 0..20 {
+            c.insert(key(9, i), ident(), 1000, 50);
+        }
+        assert_eq!(c.len(), 20);
+        c.insert(key(9, 100), ident(), 1000, 60);
+        assert_eq!(c.len(), 19);
+        assert!(c.get(&key(9, 100), 60).is_some());
+    }
 }

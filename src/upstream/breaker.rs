@@ -350,4 +350,117 @@ mod tests {
         }
         assert_eq!(b.state(), OPEN);
     }
+
+    fn one_backend() -> Ejections {
+        let ej = Ejections::new(100);
+        ej.backends.store(1, Ordering::Relaxed);
+        ej
+    }
+
+    /// Trip the breaker and return a time at which it may half-open (no sleeping:
+    /// `admit` takes the time as an argument).
+    fn tripped(p: &BreakerPolicy, ej: &Ejections) -> (Breaker, u64) {
+        let b = Breaker::new(p);
+        for _ in 0..p.failure_threshold {
+            b.on_failure(p, ej, "t");
+        }
+        assert_eq!(b.state(), OPEN);
+        (b, now_ms() + 60_000)
+    }
+
+    #[test]
+    fn closed_admits_everything() {
+        let p = policy();
+        let b = Breaker::new(&p);
+        for _ in 0..10 {
+            assert_eq!(b.admit(&p, now_ms(), "t"), Admit::Yes);
+        }
+        assert_eq!(b.state(), CLOSED);
+    }
+
+    #[test]
+    fn success_resets_consecutive_failures() {
+        let p = policy();
+        let ej = one_backend();
+        let b = Breaker::new(&p);
+        for _ in 0..3 {
+            b.on_failure(&p, &ej, "t");
+            b.on_failure(&p, &ej, "t");
+            b.on_success(&p, &ej, "t");
+        }
+        assert_eq!(b.state(), CLOSED, "never 3 failures in a row");
+        assert_eq!(ej.ejected.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn half_open_needs_all_probes_to_succeed() {
+        let p = policy();
+        let ej = one_backend();
+        let (b, t) = tripped(&p, &ej);
+        assert_eq!(b.admit(&p, t, "t"), Admit::Probe);
+        assert_eq!(b.state(), HALF_OPEN);
+        assert_eq!(b.admit(&p, t, "t"), Admit::Probe);
+        b.on_success(&p, &ej, "t");
+        assert_eq!(b.state(), HALF_OPEN, "one of two probes is not enough");
+        assert_eq!(ej.ejected.load(Ordering::Relaxed), 1);
+        b.on_success(&p, &ej, "t");
+        assert_eq!(b.state(), CLOSED);
+        assert_eq!(ej.ejected.load(Ordering::Relaxed), 0);
+    }
+
+    /// Probes that never report back: a new round starts only once more than
+    /// `open_for` has passed since the round started.
+    #[test]
+    fn stale_probe_round_restarts_after_open_for() {
+        let p = policy();
+        let ej = one_backend();
+        let (b, t) = tripped(&p, &ej);
+        assert_eq!(b.admit(&p, t, "t"), Admit::Probe);
+        assert_eq!(b.admit(&p, t, "t"), Admit::Probe);
+        assert_eq!(b.admit(&p, t + 10, "t"), Admit::No);
+        assert_eq!(b.admit(&p, t + p.open_for_ms, "t"), Admit::No);
+        assert_eq!(b.admit(&p, t + p.open_for_ms + 1, "t"), Admit::Probe);
+        // the new round has `half_open_probes` probes in all
+        assert_eq!(b.admit(&p, t + p.open_for_ms + 1, "t"), Admit::Probe);
+        assert_eq!(b.admit(&p, t + p.open_for_ms + 1, "t"), Admit::No);
+    }
+
+    fn ratio_policy() -> BreakerPolicy {
+        let mut p = policy();
+        p.failure_threshold = 1000;
+        p.failure_ratio = Some(0.5);
+        p
+    }
+
+    #[test]
+    fn ratio_waits_for_min_requests() {
+        let p = ratio_policy();
+        let ej = one_backend();
+        let b = Breaker::new(&p);
+        for i in 1..p.min_requests {
+            b.on_failure(&p, &ej, "t");
+            assert_eq!(
+                b.state(),
+                CLOSED,
+                "after {i} of {} requests",
+                p.min_requests
+            );
+        }
+        b.on_failure(&p, &ej, "t");
+        assert_eq!(b.state(), OPEN, "10 of 10 failed");
+    }
+
+    #[test]
+    fn ratio_below_threshold_stays_closed() {
+        let p = ratio_policy();
+        let ej = one_backend();
+        let b = Breaker::new(&p);
+        for _ in 0..16 {
+            b.on_success(&p, &ej, "t");
+        }
+        for _ in 0..4 {
+            b.on_failure(&p, &ej, "t");
+        }
+        assert_eq!(b.state(), CLOSED, "4 of 20 failed, under 50%");
+    }
 }

@@ -147,4 +147,54 @@ mod tests {
         assert!(p.retries_on(Failure::Status(503)));
         assert!(!p.retries_on(Failure::Status(500)));
     }
+
+    #[test]
+    fn failure_labels() {
+        assert_eq!(Failure::ConnectError.label(), "connect_error");
+        assert_eq!(Failure::Timeout.label(), "timeout");
+        assert_eq!(Failure::Reset.label(), "reset");
+        assert_eq!(Failure::Status(502).label(), "502");
+        assert_eq!(Failure::Status(503).label(), "503");
+        assert_eq!(Failure::Status(504).label(), "504");
+        assert_eq!(Failure::Status(500).label(), "status");
+    }
+
+    #[test]
+    fn retries_status_follows_config() {
+        let p = RetryPolicy::new(&RetryConfig::default());
+        assert!(p.retries_status(502));
+        assert!(p.retries_status(503));
+        assert!(!p.retries_status(500));
+        assert!(!p.retries_status(200));
+    }
+
+    /// Retry 3 with the defaults: uniform in [25, 100] ms. Many draws must all stay in
+    /// bounds and must spread over the range (not stick at the floor or near it).
+    /// The chance that 500 uniform draws over 76 values all miss a 35-value band is
+    /// below 1e-160, so this does not flake.
+    #[test]
+    fn backoff_jitter_covers_range_within_bounds() {
+        let p = RetryPolicy::new(&RetryConfig::default());
+        for n in [2u32, 3, 4, 5] {
+            let cap = (25u64 << (n - 1)).min(250);
+            let draws: Vec<u64> = (0..500).map(|_| p.backoff(n).as_millis() as u64).collect();
+            for &d in &draws {
+                assert!(
+                    (25..=cap).contains(&d),
+                    "retry {n}: {d} outside [25, {cap}]"
+                );
+            }
+            let max = *draws.iter().max().unwrap();
+            let min = *draws.iter().min().unwrap();
+            let upper = cap - (cap - 25) / 2;
+            assert!(
+                max >= upper,
+                "retry {n}: never drew above {upper} (max {max})"
+            );
+            assert!(min < 25 + (cap - 25) / 2, "retry {n}: min {min}");
+        }
+        // at the cap the range is wide: retry 10 is uniform in [25, 250]
+        let max = (0..500).map(|_| p.backoff(10).as_millis()).max().unwrap();
+        assert!(max > 200, "max {max}");
+    }
 }
