@@ -27,9 +27,8 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-async fn redis() -> RedisServer {
-    let port = free_port();
-    let child = Command::new("redis-server")
+fn spawn_redis(port: u16) -> Child {
+    Command::new("redis-server")
         .args([
             "--port",
             &port.to_string(),
@@ -41,7 +40,12 @@ async fn redis() -> RedisServer {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("redis-server (apt-get install redis-server)");
+        .expect("redis-server (apt-get install redis-server)")
+}
+
+async fn redis() -> RedisServer {
+    let port = free_port();
+    let child = spawn_redis(port);
     let server = RedisServer { child, port };
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -189,19 +193,7 @@ async fn a_redis_that_goes_away_degrades_the_cluster_and_its_return_heals_it() {
     until(true, c.clone()).await;
     assert!(c.sync_errors.load(Ordering::Relaxed) >= 1);
     // Redis back on the same port: sharing resumes
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_redis(port);
     r.child = child;
     until(false, c.clone()).await;
     stop.store(true, Ordering::Relaxed);
