@@ -341,7 +341,11 @@ impl Issuer {
                     ErrorKind::InvalidIssuer => {
                         ("wrong_issuer", "the token is from another issuer")
                     }
-                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    // keys are checked when the config loads, so a key that does not fit
+                    // is a token whose algorithm is of another family than the key's
+                    ErrorKind::InvalidAlgorithm
+                    | ErrorKind::InvalidAlgorithmName
+                    | ErrorKind::InvalidKeyFormat => {
                         ("bad_algorithm", "the token's algorithm is not accepted")
                     }
                     ErrorKind::MissingRequiredClaim(_) => {

@@ -382,3 +382,34 @@ fn a_public_key_file_is_read_for_its_algorithm_family() {
         "{e:?}"
     );
 }
+
+/// An issuer that lists algorithms of two families with one key file: a token under the
+/// family the key is not of is refused as `bad_algorithm`, not taken for a malformed token.
+#[tokio::test]
+async fn a_token_of_another_family_than_the_key_is_a_bad_algorithm() {
+    let dir = tempfile::tempdir().unwrap();
+    let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let path = dir.path().join("ec.pem");
+    std::fs::write(&path, ec.public_key_pem()).unwrap();
+    let c: JwtIssuerConfig = serde_yaml::from_str(&format!(
+        "{{ name: t, issuer: 'https://t.test/', algorithms: [ES256, EdDSA], public_key_file: '{}' }}",
+        path.display()
+    ))
+    .unwrap();
+    let i = build(&c).unwrap_or_else(|e| panic!("{e:?}"));
+    let ec_token = encode(
+        &Header::new(Algorithm::ES256),
+        &base(),
+        &EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(reason(&i, &ec_token).await, "ok");
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let ed_token = encode(
+        &Header::new(Algorithm::EdDSA),
+        &base(),
+        &EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(reason(&i, &ed_token).await, "bad_algorithm");
+}

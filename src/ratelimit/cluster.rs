@@ -141,8 +141,12 @@ impl Cluster {
     /// What the other instances counted for this key, as a sliding estimate in the
     /// limiter's units.
     pub fn others_estimate(&self, label: &Arc<str>, key: &[u8], l: &Limiter) -> f64 {
+        self.others_estimate_at(label, key, l, unix_ms())
+    }
+
+    /// `others_estimate` at `now` (Unix milliseconds).
+    fn others_estimate_at(&self, label: &Arc<str>, key: &[u8], l: &Limiter, now: u64) -> f64 {
         let per = Self::per_ms(l);
-        let now = unix_ms();
         let window = now / per;
         let fraction = (now % per) as f64 / per as f64;
         let g = self.remote[shard_of(label, key)]
@@ -165,8 +169,13 @@ impl Cluster {
     /// Note `n` admitted requests for the next sync (0: a rejected request, so the key's
     /// cluster count is still refreshed).
     pub fn record(&self, label: &Arc<str>, key: &[u8], l: &Limiter, n: u64) {
+        self.record_at(label, key, l, n, unix_ms())
+    }
+
+    /// `record` at `now` (Unix milliseconds).
+    fn record_at(&self, label: &Arc<str>, key: &[u8], l: &Limiter, n: u64, now: u64) {
         let per = Self::per_ms(l);
-        let window = unix_ms() / per;
+        let window = now / per;
         let mut g = self.pending[shard_of(label, key)]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -268,17 +277,17 @@ impl Cluster {
                 .unwrap_or_else(|p| p.into_inner());
             let e = g.entry((label, key)).or_default();
             if e.window != p.window {
-                // a new window: what was current is now previous
-                let (mp, op) = if e.window + 1 == p.window {
-                    (e.mine_curr, e.others_curr)
+                // a new window: what was current is now previous (the others' share of it
+                // is computed from Redis's total below)
+                let mine_prev = if e.window + 1 == p.window {
+                    e.mine_curr
                 } else {
-                    (0, 0)
+                    0
                 };
                 *e = Remote {
                     window: p.window,
                     per_ms: p.per_ms,
-                    mine_prev: mp,
-                    others_prev: op,
+                    mine_prev,
                     ..Default::default()
                 };
             }

@@ -173,6 +173,30 @@ mod tests {
         assert_eq!((l.interval, l.limit()), (Duration::from_secs(7), 3.0));
     }
 
+    /// In the window after one with admissions, the estimate slides: the previous window's
+    /// count weighs by the part of the current window still to come.
+    #[test]
+    fn the_previous_window_weighs_by_what_is_left_of_this_one() {
+        let l = Limiter::new(1000, Duration::from_secs(1), 1024);
+        for _ in 0..10 {
+            assert!(l.try_acquire(&"k", 0.0, l.limit()).0);
+        }
+        // wait (polling, with a deadline) for a window in which the 10 are the previous one's
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let u = loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let (ok, u) = l.try_acquire(&"k", 0.0, l.limit());
+            assert!(ok);
+            if u.prev > 0.0 {
+                break u;
+            }
+            assert!(std::time::Instant::now() < deadline, "no new window");
+        };
+        assert!(u.fraction > 0.0 && u.fraction < 1.0, "{}", u.fraction);
+        let want = u.prev * (1.0 - u.fraction) + u.curr;
+        assert!((u.estimate - want).abs() < 1e-9, "{} != {want}", u.estimate);
+    }
+
     #[test]
     fn usage_reports_the_counts() {
         let l = Limiter::new(3, Duration::from_secs(3600), 1024);

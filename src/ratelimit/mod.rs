@@ -185,7 +185,7 @@ impl RateLimits {
                 continue;
             };
             let (label, limiter) = match (&policy.key, k.identity.and_then(|i| i.tier.as_deref())) {
-                (KeyKind::Client, Some(t)) if k.identity.is_some() => match policy.tiers.get(t) {
+                (KeyKind::Client, Some(t)) => match policy.tiers.get(t) {
                     Some((label, l)) => (label.clone(), l.as_ref()),
                     None => {
                         unknown_tier(t);
@@ -244,14 +244,18 @@ fn unknown_tier(tier: &str) {
     static SEEN: std::sync::LazyLock<parking_lot::Mutex<std::collections::HashSet<String>>> =
         std::sync::LazyLock::new(Default::default);
     crate::observe::metrics::METRICS.unknown_tiers.inc();
-    let mut seen = SEEN.lock();
-    // bounded: a flood of made-up tiers stops being logged, never grows the set past this
-    if seen.len() < 1024 && seen.insert(tier.to_string()) {
+    if first_sighting(&mut SEEN.lock(), tier) {
         log::warn!(
             "a credential names the rate-limit tier `{tier}`, which rate_limits.tiers does not \
              have: the policy's own limits apply (logged once per tier)"
         );
     }
+}
+
+/// True the first time `tier` is seen while fewer than 1,024 names have been: a flood of
+/// made-up tiers stops being logged and never grows the set past that.
+fn first_sighting(seen: &mut std::collections::HashSet<String>, tier: &str) -> bool {
+    seen.len() < 1024 && seen.insert(tier.to_string())
 }
 
 fn tiers_equal(old: &Policy, c: &RateLimitsConfig) -> bool {

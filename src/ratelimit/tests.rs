@@ -497,3 +497,99 @@ fn changed_tiers_rebuild_tier_limiters_but_keep_the_base() {
     }
     assert!(tiers_equal(&old.policies[c[0]], &cfg(TIERED)));
 }
+
+#[test]
+fn an_unknown_tier_is_logged_once_and_the_names_kept_are_bounded() {
+    let mut seen = std::collections::HashSet::new();
+    assert!(first_sighting(&mut seen, "gold"));
+    assert!(!first_sighting(&mut seen, "gold"), "logged once per name");
+    for i in 1..1024 {
+        assert!(first_sighting(&mut seen, &format!("made-up-{i}")));
+    }
+    assert_eq!(seen.len(), 1024);
+    assert!(!first_sighting(&mut seen, "one-too-many"), "the set stops at 1,024");
+    assert_eq!(seen.len(), 1024);
+}
+
+fn cluster_of(rl: &RateLimits) -> &Arc<cluster::Cluster> {
+    rl.cluster.as_ref().expect("a cluster")
+}
+
+fn with_cluster(block: &str) -> RateLimitsConfig {
+    cfg(&format!(
+        "{{ policies: {{ a: {{ key: ip, requests: 1, per: 1h }} }}, cluster: {block} }}"
+    ))
+}
+
+#[test]
+fn a_cluster_block_is_checked_and_kept_across_reloads_while_unchanged() {
+    let (rl, problems) = build_with(&with_cluster("{ redis: \"http://127.0.0.1:6379\" }"), None);
+    assert!(rl.cluster.is_none());
+    assert_eq!(problems, ["rate_limits.cluster.redis: must be a redis:// URL"]);
+    let (rl, problems) = build_with(
+        &with_cluster("{ redis: \"redis://127.0.0.1:6379\", sync_interval: 0ms }"),
+        None,
+    );
+    assert!(rl.cluster.is_none());
+    assert_eq!(problems, ["rate_limits.cluster.sync_interval: must be above 0"]);
+    let (first, problems) = build_with(&with_cluster("{ redis: \"redis://127.0.0.1:6379\" }"), None);
+    assert!(problems.is_empty(), "{problems:?}");
+    let c1 = cluster_of(&first).clone();
+    assert_eq!(c1.config.redis, "redis://127.0.0.1:6379");
+    let (tls, problems) = build_with(&with_cluster("{ redis: \"rediss://127.0.0.1:6380\" }"), None);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(cluster_of(&tls).config.redis, "rediss://127.0.0.1:6380");
+    // unchanged: the same cluster (its sync task and counters) goes on; changed: a new one
+    let (again, _) = build_with(
+        &with_cluster("{ redis: \"redis://127.0.0.1:6379\" }"),
+        Some(&first),
+    );
+    assert!(Arc::ptr_eq(&c1, cluster_of(&again)));
+    let (moved, _) = build_with(
+        &with_cluster("{ redis: \"redis://127.0.0.1:6390\" }"),
+        Some(&first),
+    );
+    assert!(!Arc::ptr_eq(&c1, cluster_of(&moved)));
+    let (faster, _) = build_with(
+        &with_cluster("{ redis: \"redis://127.0.0.1:6379\", sync_interval: 50ms }"),
+        Some(&first),
+    );
+    assert!(!Arc::ptr_eq(&c1, cluster_of(&faster)));
+    let (none, _) = build_with(
+        &cfg("{ policies: { a: { key: ip, requests: 1, per: 1h } } }"),
+        Some(&first),
+    );
+    assert!(none.cluster.is_none(), "the block removed: no cluster");
+}
+
+/// The fleet's top-level `cluster` shares the limits; a reload keeps its cluster only while
+/// its settings, its Redis endpoints and its CA file are all unchanged.
+#[test]
+fn the_fleet_cluster_is_kept_only_while_settings_endpoints_and_ca_are_unchanged() {
+    let fleet = |yaml: &str| -> crate::config::FleetConfig { serde_yaml::from_str(yaml).unwrap() };
+    let limits = cfg("{ policies: { a: { key: ip, requests: 1, per: 1h } } }");
+    let build_fleet = |f: &crate::config::FleetConfig, prev: Option<&RateLimits>| {
+        let src = parse_str("t.yaml", "{}").unwrap();
+        let mut p = Problems::new(&src);
+        let rl = RateLimits::build(&limits, Some(f), prev, &mut p);
+        assert!(p.errors.is_empty());
+        rl
+    };
+    let base = "redis: \"redis://127.0.0.1:6379\"";
+    let first = build_fleet(&fleet(&format!("{{ {base} }}")), None);
+    let c1 = cluster_of(&first).clone();
+    assert_eq!(c1.config.redis, "redis://127.0.0.1:6379");
+    let same = build_fleet(&fleet(&format!("{{ {base} }}")), Some(&first));
+    assert!(Arc::ptr_eq(&c1, cluster_of(&same)), "unchanged: kept");
+    for changed in [
+        // another Redis: settings and endpoints differ
+        "{ redis: \"redis://127.0.0.1:6390\" }".to_string(),
+        // another prefix: the settings differ, the endpoints do not
+        format!("{{ {base}, key_prefix: other }}"),
+        // another CA file only
+        format!("{{ {base}, tls_ca_file: /etc/ssl/fleet-ca.pem }}"),
+    ] {
+        let next = build_fleet(&fleet(&changed), Some(&first));
+        assert!(!Arc::ptr_eq(&c1, cluster_of(&next)), "{changed}: a new cluster");
+    }
+}

@@ -389,6 +389,24 @@ mod tests {
         );
     }
 
+    /// A host's route that refuses the method (without `method_fallthrough`) ends the
+    /// search: neither a wildcard-host route nor an any-host route takes the request.
+    #[test]
+    fn a_refused_method_on_the_exact_host_stops_before_wildcard_and_any_host() {
+        let r = Router::new(vec![
+            spec(Some("api.example.com"), "/x", Some(&["GET"])), // 0
+            spec(Some("*.example.com"), "/x", None),             // 1
+            spec(None, "/x", None),                              // 2
+        ]);
+        assert_eq!(
+            find(&r, "api.example.com", "/x", Method::POST),
+            Lookup::MethodNotAllowed(Methods::parse(&["GET".to_string()]).unwrap())
+        );
+        assert_eq!(find(&r, "api.example.com", "/x", Method::GET), Lookup::Found(0));
+        assert_eq!(find(&r, "b.example.com", "/x", Method::POST), Lookup::Found(1));
+        assert_eq!(find(&r, "other.test", "/x", Method::POST), Lookup::Found(2));
+    }
+
     #[test]
     fn each_method_a_list_names_is_the_one_it_lets_through() {
         for name in METHOD_NAMES {

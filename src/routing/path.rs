@@ -208,6 +208,17 @@ mod tests {
         assert_eq!(n("/caf\u{e9}/./x").unwrap(), "/caf\u{e9}/x");
         assert_eq!(n("/\u{20ac}/../\u{1f600}//y").unwrap(), "/\u{1f600}/y");
         assert_eq!(n("/a\u{7f}b"), Err(PathError::Malformed));
+        // an escape right after a two-byte character is still decoded
+        assert_eq!(n("/caf\u{e9}%41").unwrap(), "/caf\u{e9}A");
+        assert_eq!(n("/\u{e9}/%2e%2e/x").unwrap(), "/x");
+    }
+
+    #[test]
+    fn each_error_says_what_is_wrong_with_the_path() {
+        assert_eq!(PathError::Malformed.message(), "the request path is malformed");
+        assert!(PathError::BadEscape.message().contains("percent-encoding"));
+        assert!(PathError::EscapesRoot.message().contains("above the root"));
+        assert!(PathError::EscapedSlash.message().contains("%2F"));
     }
 
     #[test]

@@ -250,6 +250,10 @@ mod tests {
         assert_eq!(r.apply(&["api", "users", "7", "a", "b"]), "/v2/u/7/x/a/b");
         assert_eq!(r.apply(&["api", "users", "7"]), "/v2/u/7/x/");
         assert!(Rewrite::parse("/v2/:nope", &p).is_err());
+        // literal segments after the last capture are kept
+        let p = PathPattern::parse("/items/:id").unwrap();
+        let r = Rewrite::parse("/v2/:id/full/view", &p).unwrap();
+        assert_eq!(r.apply(&["items", "7"]), "/v2/7/full/view");
         assert_eq!(strip_prefix("/api/x", "/api"), Some("/x"));
         assert_eq!(strip_prefix("/api", "/api/"), Some("/"));
         assert_eq!(strip_prefix("/apix", "/api"), None);
