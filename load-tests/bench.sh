@@ -24,15 +24,20 @@
 #   IDLE_CONNS [10000]       flat mode: idle keep-alive connections held for the RSS reading
 #   WARMUP [3s]              warm-up run per proxy, discarded
 #   CONNECTIONS [64]         wrk connections
-#   PROXIES [nginx bare-pingora portcullis; latency: nginx portcullis]
+#   PROXIES [nginx nginx-nolog bare-pingora portcullis; latency: nginx portcullis]
+#                            nginx: proxy_pass with an access log (NGINX_ACCESS_LOG);
+#                            nginx-nolog: the same without one; bare-pingora: the
+#                            passthrough built against the unpatched crates.io Pingora 0.9.1
+#                            (load-tests/bare-pingora, its own target dir); bare-vendored: the
+#                            same source built against the Pingora patches in vendor/
 #   DIRECT [1]               also measure the upstream without a proxy once (sanity check)
 #   LOAD_CPU / PROXY_CPU     cores for load+upstream / proxy [first two CPUs we may use]
 #   WORK_STEALING [true]     Pingora's work_stealing for the 1-thread server conf
-#   NGINX_ACCESS_LOG [0]     1: the nginx reference also writes an access log (fairer to
-#                            Portcullis, whose bench route logs every request)
+#   NGINX_ACCESS_LOG [1]     1: the nginx reference writes an access log, as Portcullis'
+#                            bench route does for every request; 0: it does not
 #   LOAD_PCT [50]            latency mode: offered rate as % of nginx's measured max
 #   RATE                     latency mode: fixed offered rate instead of LOAD_PCT
-#   BUILD [0]                1: run `cargo build --release --bins` even if binaries exist
+#   BUILD [0]                1: build the binaries (cargo build --release) even if they exist
 #   KEEP_TMP [0]             1: keep the temp dir (confs, logs) after the run
 #
 # Output: a summary table (one line per proxy: median RPS, median p99, RPS ratio to nginx)
@@ -43,13 +48,15 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 BENCH_DIR=$HERE/bench
 RELEASE=${RELEASE_DIR:-$ROOT/target/release}
+STOCK_DIR=$HERE/bare-pingora
+STOCK_BIN=$STOCK_DIR/target/release/bare-pingora
 
 MODE=${MODE:-throughput}
 case $MODE in
   throughput)
     ROUNDS=${ROUNDS:-5}
     DURATION=${DURATION:-10s}
-    PROXIES=${PROXIES:-"nginx bare-pingora portcullis"}
+    PROXIES=${PROXIES:-"nginx nginx-nolog bare-pingora portcullis"}
     ;;
   latency)
     ROUNDS=${ROUNDS:-1}
@@ -69,7 +76,7 @@ WARMUP=${WARMUP:-3s}
 CONNECTIONS=${CONNECTIONS:-64}
 DIRECT=${DIRECT:-1}
 WORK_STEALING=${WORK_STEALING:-true}
-NGINX_ACCESS_LOG=${NGINX_ACCESS_LOG:-0}
+NGINX_ACCESS_LOG=${NGINX_ACCESS_LOG:-1}
 LOAD_PCT=${LOAD_PCT:-50}
 RATE=${RATE:-}
 JWT_MIX=${JWT_MIX:-1}
@@ -148,7 +155,13 @@ ensure_bins() {
   local need=() b
   for p in $PROXIES; do
     case $p in
-      bare-pingora) need+=(bare-pingora) ;;
+      bare-pingora)
+        if [ ! -x "$STOCK_BIN" ] || [ "$BUILD" = 1 ]; then
+          echo "bench.sh: cargo build --release --manifest-path $STOCK_DIR/Cargo.toml (unpatched Pingora)"
+          (cd "$STOCK_DIR" && cargo build --release) || warn "the unpatched bare-pingora did not build"
+        fi
+        ;;
+      bare-vendored) need+=(bare-pingora) ;;
       portcullis) need+=(portcullis) ;;
     esac
   done
@@ -220,7 +233,9 @@ pick_port() {
 }
 UPSTREAM_PORT=$(pick_port 18081); TAKEN+="$UPSTREAM_PORT "
 NGINX_PORT=$(pick_port 18080); TAKEN+="$NGINX_PORT "
+NOLOG_PORT=$(pick_port 18084); TAKEN+="$NOLOG_PORT "
 BARE_PORT=$(pick_port 18082); TAKEN+="$BARE_PORT "
+VENDORED_PORT=$(pick_port 18085); TAKEN+="$VENDORED_PORT "
 PC_PORT=$(pick_port 18083); TAKEN+="$PC_PORT "
 ADMIN_PORT=$(pick_port 19090); TAKEN+="$ADMIN_PORT "
 
@@ -296,7 +311,7 @@ if [ "$JWT_MIX" = 1 ]; then
 else
   say "load:      wrk -t1 -c$CONNECTIONS --latency, GET $REQ_PATH with x-api-key; warm-up $WARMUP per proxy; $ROUNDS round(s) x $DURATION"
 fi
-say "ports:     upstream $UPSTREAM_PORT, nginx $NGINX_PORT, bare-pingora $BARE_PORT, portcullis $PC_PORT (admin $ADMIN_PORT)"
+say "ports:     upstream $UPSTREAM_PORT, nginx $NGINX_PORT, nginx-nolog $NOLOG_PORT, bare-pingora $BARE_PORT, bare-vendored $VENDORED_PORT, portcullis $PC_PORT (admin $ADMIN_PORT)"
 say "results:   $RESULTS"
 say ""
 
@@ -319,11 +334,10 @@ print(f"{head}.{body}.{b64(sig)}")
 PY
 ) || die "python3 is needed to mint the bench JWT"
 
-fill() { # fill TEMPLATE OUT: replace the @...@ placeholders
-  local access_log=off
-  [ "$NGINX_ACCESS_LOG" = 1 ] && access_log="$TMP/nginx-access.log"
-  sed -e "s|@DIR@|$TMP|g" -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" -e "s|@PORT@|$NGINX_PORT|g" \
-    -e "s|@ACCESS_LOG@|$access_log|g" "$1" >"$2"
+fill() { # fill TEMPLATE OUT [NAME PORT LOG]: replace the @...@ placeholders
+  local name=${3:-nginx-proxy} port=${4:-$NGINX_PORT} access_log=${5:-off}
+  sed -e "s|@DIR@|$TMP|g" -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" -e "s|@PORT@|$port|g" \
+    -e "s|@NAME@|$name|g" -e "s|@ACCESS_LOG@|$access_log|g" "$1" >"$2"
 }
 
 pingora_conf() { # pingora_conf NAME: a 1-thread Pingora server conf in the temp dir
@@ -365,37 +379,38 @@ start_upstream() {
   say "  upstream: nginx on 127.0.0.1:$UPSTREAM_PORT (cpu $LOAD_CPU)"
 }
 
+# start_nginx_proxy NAME PORT LOG: nginx (the reference) with LOG as its access_log
 start_nginx_proxy() {
-  fill "$BENCH_DIR/nginx-proxy.conf.tmpl" "$TMP/nginx-proxy.conf"
-  start_bg "$TMP/nginx-proxy.out" "$PROXY_CPU" \
-    "$NGINX" -p "$TMP" -e "$TMP/nginx-proxy.error.log" -c "$TMP/nginx-proxy.conf"
-  PID[nginx]=$LAST_PID
-  URL[nginx]="http://127.0.0.1:$NGINX_PORT$REQ_PATH"
-  if wait_200 "${PID[nginx]}" "${URL[nginx]}" 10; then
-    RUNNING+=(nginx)
-    say "  nginx: proxy_pass + keepalive on 127.0.0.1:$NGINX_PORT (cpu $PROXY_CPU)"
+  local name=$1 port=$2 log=$3 conf="$TMP/$1.conf"
+  fill "$BENCH_DIR/nginx-proxy.conf.tmpl" "$conf" "$name" "$port" "$log"
+  start_bg "$TMP/$name.out" "$PROXY_CPU" "$NGINX" -p "$TMP" -e "$TMP/$name.error.log" -c "$conf"
+  PID[$name]=$LAST_PID
+  URL[$name]="http://127.0.0.1:$port$REQ_PATH"
+  if wait_200 "${PID[$name]}" "${URL[$name]}" 10; then
+    RUNNING+=("$name")
+    say "  $name: proxy_pass + keepalive, access_log $log, on 127.0.0.1:$port (cpu $PROXY_CPU)"
   else
-    cat "$TMP/nginx-proxy.error.log" >>"$TMP/nginx-proxy.out" 2>/dev/null || true
-    fail_proxy nginx "did not answer 200 on $NGINX_PORT ($LAST_CODE)" "$TMP/nginx-proxy.out"
+    cat "$TMP/$name.error.log" >>"$TMP/$name.out" 2>/dev/null || true
+    fail_proxy "$name" "did not answer 200 on $port ($LAST_CODE)" "$TMP/$name.out"
   fi
 }
 
-start_bare_pingora() {
-  if [ ! -x "$RELEASE/bare-pingora" ]; then
-    fail_proxy bare-pingora "$RELEASE/bare-pingora is missing (cargo build --release --bins)"
+# start_bare NAME BINARY PORT WHAT: a bare Pingora passthrough
+start_bare() {
+  local name=$1 bin=$2 port=$3 what=$4 conf
+  if [ ! -x "$bin" ]; then
+    fail_proxy "$name" "$bin is missing (BUILD=1 builds it)"
     return 0
   fi
-  local conf
-  conf=$(pingora_conf bare-pingora)
-  start_bg "$TMP/bare-pingora.log" "$PROXY_CPU" \
-    "$RELEASE/bare-pingora" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UPSTREAM_PORT" "$conf"
-  PID[bare-pingora]=$LAST_PID
-  URL[bare-pingora]="http://127.0.0.1:$BARE_PORT$REQ_PATH"
-  if wait_200 "${PID[bare-pingora]}" "${URL[bare-pingora]}" 10; then
-    RUNNING+=(bare-pingora)
-    say "  bare-pingora: passthrough on 127.0.0.1:$BARE_PORT (cpu $PROXY_CPU, threads: 1)"
+  conf=$(pingora_conf "$name")
+  start_bg "$TMP/$name.log" "$PROXY_CPU" "$bin" "127.0.0.1:$port" "127.0.0.1:$UPSTREAM_PORT" "$conf"
+  PID[$name]=$LAST_PID
+  URL[$name]="http://127.0.0.1:$port$REQ_PATH"
+  if wait_200 "${PID[$name]}" "${URL[$name]}" 10; then
+    RUNNING+=("$name")
+    say "  $name: passthrough, $what, on 127.0.0.1:$port (cpu $PROXY_CPU, threads: 1)"
   else
-    fail_proxy bare-pingora "did not answer 200 on $BARE_PORT ($LAST_CODE)" "$TMP/bare-pingora.log"
+    fail_proxy "$name" "did not answer 200 on $port ($LAST_CODE)" "$TMP/$name.log"
   fi
 }
 
@@ -533,10 +548,16 @@ if [ "$MODE" = flat ]; then
 else
   for p in $PROXIES; do
     case $p in
-      nginx) start_nginx_proxy ;;
-      bare-pingora) start_bare_pingora ;;
+      nginx)
+        log=off
+        [ "$NGINX_ACCESS_LOG" = 1 ] && log="$TMP/nginx-access.log"
+        start_nginx_proxy nginx "$NGINX_PORT" "$log"
+        ;;
+      nginx-nolog) start_nginx_proxy nginx-nolog "$NOLOG_PORT" off ;;
+      bare-pingora) start_bare bare-pingora "$STOCK_BIN" "$BARE_PORT" "unpatched crates.io Pingora 0.9.1" ;;
+      bare-vendored) start_bare bare-vendored "$RELEASE/bare-pingora" "$VENDORED_PORT" "Pingora with vendor/ patches" ;;
       portcullis) start_portcullis ;;
-      *) warn "unknown proxy '$p' in PROXIES (nginx bare-pingora portcullis)" ;;
+      *) warn "unknown proxy '$p' in PROXIES (nginx nginx-nolog bare-pingora bare-vendored portcullis)" ;;
     esac
   done
   if [ "$JWT_MIX" = 1 ]; then
@@ -574,10 +595,11 @@ throughput() {
   done
   say ""
 
-  local nginx_rps="" nginx_eff="" med_rps med_p99 errs ratio cpup cpul own eff eratio
+  local nginx_rps="" nginx_eff="" bare_rps="" med_rps med_p99 errs ratio bratio cpup cpul own eff eratio
   [ -n "${RPS[nginx]:-}" ] && nginx_rps=$(median ${RPS[nginx]}) && nginx_eff=$(median ${EFF[nginx]})
+  [ -n "${RPS[bare-pingora]:-}" ] && bare_rps=$(median ${RPS[bare-pingora]})
   say "## summary: median of $ROUNDS round(s), $DURATION each, wrk -t1 -c$CONNECTIONS"
-  say "$(printf '%-14s %10s %9s %9s %7s %8s %11s %9s %6s %6s' proxy rps p99_ms vs_nginx errors proxy% "req/cpu-s" eff_ratio "cpu$PROXY_CPU%" "cpu$LOAD_CPU%")"
+  say "$(printf '%-14s %10s %9s %9s %8s %7s %8s %11s %9s %6s %6s' proxy rps p99_ms vs_nginx vs_bare errors proxy% "req/cpu-s" eff_ratio "cpu$PROXY_CPU%" "cpu$LOAD_CPU%")"
   for p in $PROXIES; do
     if [ -n "${RPS[$p]:-}" ]; then
       med_rps=$(median ${RPS[$p]})
@@ -585,14 +607,17 @@ throughput() {
       errs=$(printf '%s\n' ${ERR[$p]} | awk '{ s += $1 } END { print s + 0 }')
       cpup=$(median ${CPUP[$p]}); cpul=$(median ${CPUL[$p]})
       own=$(median ${OWN[$p]}); eff=$(median ${EFF[$p]})
-      ratio=n/a; eratio=n/a
+      ratio=n/a; eratio=n/a; bratio=n/a
       if [ -n "$nginx_rps" ] && awk -v n="$nginx_rps" 'BEGIN { exit !(n > 0) }'; then
         ratio=$(awk -v a="$med_rps" -v n="$nginx_rps" 'BEGIN { printf "%.3f", a / n }')
+      fi
+      if [ -n "$bare_rps" ] && awk -v n="$bare_rps" 'BEGIN { exit !(n > 0) }'; then
+        bratio=$(awk -v a="$med_rps" -v n="$bare_rps" 'BEGIN { printf "%.3f", a / n }')
       fi
       if [ -n "$nginx_eff" ] && awk -v n="$nginx_eff" 'BEGIN { exit !(n > 0) }'; then
         eratio=$(awk -v a="$eff" -v n="$nginx_eff" 'BEGIN { printf "%.3f", a / n }')
       fi
-      say "$(printf '%-14s %10.0f %9.3f %9s %7s %8.0f %11.0f %9s %6.0f %6.0f' "$p" "$med_rps" "$med_p99" "$ratio" "$errs" "$own" "$eff" "$eratio" "$cpup" "$cpul")"
+      say "$(printf '%-14s %10.0f %9.3f %9s %8s %7s %8.0f %11.0f %9s %6.0f %6.0f' "$p" "$med_rps" "$med_p99" "$ratio" "$bratio" "$errs" "$own" "$eff" "$eratio" "$cpup" "$cpul")"
       if [ "$errs" != 0 ]; then
         say "  ^ $p had $errs non-2xx/socket errors: its rps counts answers that were not 200"
       fi
@@ -607,7 +632,8 @@ throughput() {
     say "$(printf '%-14s %10.0f' "(direct)" "$DIRECT_RPS")  upstream without a proxy"
   fi
   say ""
-  say "  rps, p99_ms: medians; vs_nginx: rps / nginx rps; errors: non-2xx + socket errors, all rounds;"
+  say "  rps, p99_ms: medians; vs_nginx: rps / nginx rps (nginx: with an access log when"
+  say "  NGINX_ACCESS_LOG=1); vs_bare: rps / bare-pingora rps (unpatched Pingora); errors: non-2xx + socket errors, all rounds;"
   say "  proxy%: CPU the proxy's own processes used (100 = one core); req/cpu-s: rps per core-second"
   say "  of proxy CPU (robust when the proxy core is shared); eff_ratio: req/cpu-s / nginx's;"
   say "  cpuN%: whole-core busy (includes anything else running there)"
@@ -794,7 +820,7 @@ case $MODE in
     throughput
     say ""
     say "## memory"
-    report_peak_rss bare-pingora portcullis
+    report_peak_rss bare-pingora bare-vendored portcullis
     ;;
 esac
 say ""

@@ -6,6 +6,11 @@
 # divided by the requests served is the per-request cost.
 #
 # Usage: load-tests/callgrind.sh [BIN]   (default target/release/portcullis)
+#        TARGET=portcullis (default) | bare | nginx: the same requests through the floor
+#          (BIN default load-tests/bare-pingora/target/release/bare-pingora, the passthrough
+#          against the unpatched crates.io Pingora that bench.sh builds; a bare build of
+#          vendor/ is target/release/bare-pingora) or through nginx proxy_pass with an access
+#          log (load-tests/bench/nginx-proxy.conf.tmpl, one process: master_process off)
 #        REQUESTS (default 20000)
 #        PLUGINS: plugins added to the bench route, comma-separated (default none):
 #          header-rules  one request rule (${identity.key}) and one response rule (${route})
@@ -20,7 +25,13 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-BIN=$(realpath "${1:-$ROOT/target/release/portcullis}")
+TARGET=${TARGET:-portcullis}
+case $TARGET in
+  portcullis) BIN=$(realpath "${1:-$ROOT/target/release/portcullis}") ;;
+  bare) BIN=$(realpath "${1:-$HERE/bare-pingora/target/release/bare-pingora}") ;;
+  nginx) BIN=$(realpath "${1:-$(command -v nginx || echo /usr/sbin/nginx)}") ;;
+  *) echo "callgrind.sh: TARGET must be portcullis, bare or nginx" >&2; exit 2 ;;
+esac
 UP=${UP:-$ROOT/target/release/demo-upstream}
 REQUESTS=${REQUESTS:-20000}
 KEY=NAvz8yGIEtGSVannK-sGhqwzhk44juUUxtK82MR900I
@@ -36,6 +47,19 @@ UPORT=$(free_port); PPORT=$(free_port); APORT=$(free_port)
 sed -e "s/127.0.0.1:18083/127.0.0.1:$PPORT/" -e "s/127.0.0.1:18081/127.0.0.1:$UPORT/" \
     -e "s/127.0.0.1:19090/127.0.0.1:$APORT/" -e "s#/tmp/portcullis-bench/access.log#$TMP/access.log#" \
     "$HERE/bench/portcullis.yaml" >"$TMP/portcullis.yaml"
+case $TARGET in
+  bare)
+    printf 'version: 1\nthreads: 1\ndaemon: false\npid_file: %s/bare.pid\nupgrade_sock: %s/bare.sock\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\nupstream_keepalive_pool_size: 128\n' \
+      "$TMP" "$TMP" >"$TMP/bare.yaml"
+    START=("$BIN" "127.0.0.1:$PPORT" "127.0.0.1:$UPORT" "$TMP/bare.yaml"); PORTS="$PPORT" ;;
+  nginx)
+    chmod 755 "$TMP"
+    sed -e "s|@DIR@|$TMP|g" -e "s|@UPSTREAM_PORT@|$UPORT|g" -e "s|@PORT@|$PPORT|g" -e "s|@NAME@|nginx|g" \
+      -e "s|@ACCESS_LOG@|$TMP/access.log|g" -e "s|^daemon off;.*|daemon off;\nmaster_process off;|" \
+      "$HERE/bench/nginx-proxy.conf.tmpl" >"$TMP/nginx.conf"
+    START=("$BIN" -p "$TMP" -e "$TMP/nginx.error.log" -c "$TMP/nginx.conf"); PORTS="$PPORT" ;;
+  *) START=("$BIN" -c "$TMP/portcullis.yaml"); PORTS="$PPORT $APORT" ;;
+esac
 if [ -n "${PLUGINS:-}" ]; then
   python3 - "$TMP/portcullis.yaml" "$PLUGINS" "$UPORT" <<'PY'
 import sys
@@ -69,9 +93,10 @@ export PORTCULLIS_DEMO_JWT_SECRET=callgrind-secret
 wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 # total Ir of one callgrind run; $1: label, $2: requests to send (0: start and stop only)
 run() {
-  valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.$1" "$BIN" -c "$TMP/portcullis.yaml" \
+  : >"$TMP/access.log"
+  valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.$1" "${START[@]}" \
     >"$TMP/gw.$1.log" 2>&1 & local gw=$!
-  wait_port "$PPORT"; wait_port "$APORT"
+  for p in $PORTS; do wait_port "$p"; done
   if [ "$2" -gt 0 ]; then
     # warm one connection, then the measured requests over 16 connections
     curl -s -o /dev/null -H "x-api-key: $KEY" "http://127.0.0.1:$PPORT/bench/ping"
@@ -94,10 +119,10 @@ run() {
 }
 served=$(( (REQUESTS / 16) * 16 + 1 ))
 busy=$(run busy "$REQUESTS")
-idle=$(run idle 0)
 lines=$(wc -l <"$TMP/access.log")
+idle=$(run idle 0)
 if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$TMP/cg.busy" "$TMP/cg.idle" "$KEEP/"; fi
-python3 - "$busy" "$idle" "$served" "$lines" "$BIN" <<'PY'
+python3 - "$busy" "$idle" "$served" "$lines" "$BIN ($TARGET)" <<'PY'
 import sys
 busy, idle, served, lines, b = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 import os
