@@ -196,5 +196,16 @@ mod tests {
         // at the cap the range is wide: retry 10 is uniform in [25, 250]
         let max = (0..500).map(|_| p.backoff(10).as_millis()).max().unwrap();
         assert!(max > 200, "max {max}");
+        // both ends of a narrow range are drawn (missing one in 400 draws of 4 values:
+        // chance below 1e-49)
+        let narrow = RetryPolicy::new(&RetryConfig {
+            backoff: crate::config::Dur::millis(10),
+            max_backoff: crate::config::Dur::millis(13),
+            ..RetryConfig::default()
+        });
+        let drawn: std::collections::BTreeSet<u64> = (0..400)
+            .map(|_| narrow.backoff(2).as_millis() as u64)
+            .collect();
+        assert_eq!(drawn.into_iter().collect::<Vec<_>>(), [10, 11, 12, 13]);
     }
 }
