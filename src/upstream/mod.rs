@@ -424,3 +424,20 @@ fn inet(b: &Backend) -> Option<SocketAddr> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The vendored pingora-core boxes the connect state machine (vendor/pingora-core/
+    /// PORTCULLIS.md, "future size"): asking the pool for an upstream connection must stay a
+    /// small future, or every proxied request's state grows by the connect path again
+    /// (8.8 KiB in a release build of the unpatched crate, more in a debug build).
+    #[test]
+    fn asking_for_an_upstream_connection_is_a_small_future() {
+        let c = pingora_core::connectors::http::Connector::new(None);
+        let peer =
+            pingora_core::upstreams::peer::HttpPeer::new("127.0.0.1:1", false, String::new());
+        let f = c.get_http_session(&peer);
+        let size = std::mem::size_of_val(&f);
+        assert!(size < 2048, "get_http_session's future is {size} bytes");
+    }
+}

@@ -462,9 +462,13 @@ where
                         (server_reused, error)
                     }
                     ClientSession::Custom(mut c) => {
-                        let (server_reused, error) = self
-                            .proxy_to_custom_upstream(session, &mut c, client_reused, &peer, ctx)
-                            .await;
+                        // PORTCULLIS PATCH (future size): a custom upstream protocol is rare
+                        // and its proxy loop is the largest branch here; boxed, it no longer
+                        // sizes every request's state.
+                        let (server_reused, error) = Box::pin(
+                            self.proxy_to_custom_upstream(session, &mut c, client_reused, &peer, ctx),
+                        )
+                        .await;
                         let session = ClientSession::Custom(c);
                         self.client_upstream
                             .release_http_session(session, &*peer, peer.idle_timeout())

@@ -217,6 +217,15 @@ impl TransportConnector {
     ///
     /// No connection is reused.
     pub async fn new_stream<P: Peer + Send + Sync + 'static>(&self, peer: &P) -> Result<Stream> {
+        // PORTCULLIS PATCH (future size): the connect state machine (TCP connect, TLS
+        // handshake, offload) is about 9 KiB. Awaited inline, it made every caller's future
+        // that large, and so the whole proxied request's (copied into its box once per
+        // request), even when the pool had a connection. Boxed, a new connection pays one
+        // allocation and the reused one pays nothing.
+        Box::pin(self.connect_stream(peer)).await
+    }
+
+    async fn connect_stream<P: Peer + Send + Sync + 'static>(&self, peer: &P) -> Result<Stream> {
         let rt = self
             .offload
             .as_ref()
