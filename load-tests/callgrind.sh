@@ -21,7 +21,10 @@
 #        cost); make bench measures the route with and without it.
 #        KEEP=DIR keeps the two callgrind outputs there (cg.busy, cg.idle) for
 #        `callgrind_annotate --inclusive=yes DIR/cg.busy`.
-# Needs valgrind and curl. Upstream: target/release/demo-upstream on a free port.
+#        UPSTREAM=nginx (default: load-tests/bench/nginx-upstream.conf.tmpl, keep-alive, as in
+#          bench.sh) | demo (target/release/demo-upstream, which ends each body by closing the
+#          connection, so every request connects anew: the figures of 2026-12-02 and before)
+# Needs valgrind and curl (and nginx for the default upstream).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -36,14 +39,21 @@ UP=${UP:-$ROOT/target/release/demo-upstream}
 REQUESTS=${REQUESTS:-20000}
 KEY=NAvz8yGIEtGSVannK-sGhqwzhk44juUUxtK82MR900I
 for t in valgrind curl callgrind_annotate; do command -v $t >/dev/null || { echo "callgrind.sh: needs $t" >&2; exit 2; }; done
-[ -x "$BIN" ] && [ -x "$UP" ] || { echo "callgrind.sh: build first (cargo build --release --bins)" >&2; exit 2; }
+[ -x "$BIN" ] || { echo "callgrind.sh: build first (cargo build --release --bins)" >&2; exit 2; }
 TMP=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UPORT=$(free_port); PPORT=$(free_port); APORT=$(free_port)
-"$UP" "bench=127.0.0.1:$UPORT" >"$TMP/up.log" 2>&1 & pids+=($!)
+chmod 755 "$TMP" # nginx workers may run as nobody
+if [ "${UPSTREAM:-nginx}" = demo ]; then
+  "$UP" "bench=127.0.0.1:$UPORT" >"$TMP/up.log" 2>&1 & pids+=($!)
+else
+  NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+  sed -e "s|@DIR@|$TMP|g" -e "s|@UPSTREAM_PORT@|$UPORT|g" "$HERE/bench/nginx-upstream.conf.tmpl" >"$TMP/up.conf"
+  "$NGINX_BIN" -p "$TMP" -e "$TMP/up.error.log" -c "$TMP/up.conf" >"$TMP/up.log" 2>&1 & pids+=($!)
+fi
 sed -e "s/127.0.0.1:18083/127.0.0.1:$PPORT/" -e "s/127.0.0.1:18081/127.0.0.1:$UPORT/" \
     -e "s/127.0.0.1:19090/127.0.0.1:$APORT/" -e "s#/tmp/portcullis-bench/access.log#$TMP/access.log#" \
     "$HERE/bench/portcullis.yaml" >"$TMP/portcullis.yaml"
@@ -93,6 +103,7 @@ export PORTCULLIS_DEMO_JWT_SECRET=callgrind-secret
 wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 # total Ir of one callgrind run; $1: label, $2: requests to send (0: start and stop only)
 run() {
+  wait_port "$UPORT"
   : >"$TMP/access.log"
   valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.$1" "${START[@]}" \
     >"$TMP/gw.$1.log" 2>&1 & local gw=$!
