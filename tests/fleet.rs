@@ -21,16 +21,22 @@ const SPREAD: Duration = Duration::from_secs(10);
 /// restart keeps the cluster layout (nodes.conf) while the data is gone.
 struct RedisCluster {
     ports: Vec<u16>,
+    bus: Vec<u16>,
     dir: tempfile::TempDir,
     nodes: Vec<Child>,
 }
 
 impl RedisCluster {
-    fn spawn_node(dir: &std::path::Path, port: u16) -> Child {
+    /// One node on `port`, its cluster bus on `bus` (by default the bus is port + 10000,
+    /// which lands in the kernel's ephemeral range, where an outgoing connection of a
+    /// parallel test can hold it).
+    fn spawn_node(dir: &std::path::Path, port: u16, bus: u16) -> Child {
         Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
+                "--cluster-port",
+                &bus.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--cluster-enabled",
@@ -61,15 +67,33 @@ impl RedisCluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn wait_listening(port: u16) {
+    /// Whether the node listens; false if it exited first (a port taken meanwhile).
+    fn wait_listening(port: u16, node: &mut Child) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(_)) = node.try_wait() {
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
                 "redis-server on {port} did not start"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        true
+    }
+
+    /// Six distinct free ports: three nodes and their cluster buses.
+    fn pick_ports() -> (Vec<u16>, Vec<u16>) {
+        let mut all: Vec<u16> = Vec::new();
+        while all.len() < 6 {
+            let p = free_port();
+            if !all.contains(&p) {
+                all.push(p);
+            }
+        }
+        let bus = all.split_off(3);
+        (all, bus)
     }
 
     /// Every node says the cluster is whole.
@@ -89,14 +113,29 @@ impl RedisCluster {
 
     async fn start() -> RedisCluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let nodes = ports
-            .iter()
-            .map(|p| Self::spawn_node(dir.path(), *p))
-            .collect();
-        for p in &ports {
-            Self::wait_listening(*p);
-        }
+        // a node that exits before it listens lost a port to a parallel test: new ports
+        let (ports, bus, nodes) = (0..5)
+            .find_map(|_| {
+                let (ports, bus) = Self::pick_ports();
+                let mut nodes: Vec<Child> = ports
+                    .iter()
+                    .zip(&bus)
+                    .map(|(p, b)| Self::spawn_node(dir.path(), *p, *b))
+                    .collect();
+                let up = ports
+                    .iter()
+                    .zip(nodes.iter_mut())
+                    .all(|(p, n)| Self::wait_listening(*p, n));
+                if up {
+                    return Some((ports, bus, nodes));
+                }
+                for n in &mut nodes {
+                    let _ = n.kill();
+                    let _ = n.wait();
+                }
+                None
+            })
+            .expect("the Redis Cluster nodes could not start on five sets of ports");
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -110,7 +149,12 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let rc = RedisCluster { ports, dir, nodes };
+        let rc = RedisCluster {
+            ports,
+            bus,
+            dir,
+            nodes,
+        };
         rc.wait_ok().await;
         rc
     }
@@ -127,10 +171,11 @@ impl RedisCluster {
         self.nodes = self
             .ports
             .iter()
-            .map(|p| Self::spawn_node(self.dir.path(), *p))
+            .zip(&self.bus)
+            .map(|(p, b)| Self::spawn_node(self.dir.path(), *p, *b))
             .collect();
-        for p in &self.ports {
-            Self::wait_listening(*p);
+        for (p, n) in self.ports.iter().zip(self.nodes.iter_mut()) {
+            assert!(Self::wait_listening(*p, n), "redis-server on {p} exited");
         }
         self.wait_ok().await;
     }
