@@ -738,9 +738,16 @@ mod tests {
         let m = meta(response(&r, &req(), &up)).unwrap();
         assert_eq!(m.stale_if_error_sec(), 99);
         assert_eq!(m.stale_while_revalidate_sec(), 10);
-        let up = resp(200, &[("cache-control", "max-age=30, stale-while-revalidate=45")]);
+        let up = resp(
+            200,
+            &[("cache-control", "max-age=30, stale-while-revalidate=45")],
+        );
         let m = meta(response(&r, &req(), &up)).unwrap();
-        assert_eq!(m.stale_while_revalidate_sec(), 45, "the upstream's directive wins");
+        assert_eq!(
+            m.stale_while_revalidate_sec(),
+            45,
+            "the upstream's directive wins"
+        );
         assert_eq!(m.stale_if_error_sec(), 2);
         for cc in [
             "max-age=30, must-revalidate",

@@ -266,10 +266,18 @@ fn others_estimate_slides_over_the_window() {
     let start = w * 10_000;
     let scale = l.limit() / 100.0;
     // a quarter into the window: 80 × 0.75 + 40
-    assert!((at(start + 2_500) - 100.0 * scale).abs() < 1e-6, "{}", at(start + 2_500));
+    assert!(
+        (at(start + 2_500) - 100.0 * scale).abs() < 1e-6,
+        "{}",
+        at(start + 2_500)
+    );
     assert!((at(start) - 120.0 * scale).abs() < 1e-6);
     // half into the next window: 40 × 0.5
-    assert!((at(start + 15_000) - 20.0 * scale).abs() < 1e-6, "{}", at(start + 15_000));
+    assert!(
+        (at(start + 15_000) - 20.0 * scale).abs() < 1e-6,
+        "{}",
+        at(start + 15_000)
+    );
     // two windows on, or before: nothing
     assert_eq!(at(start + 20_000), 0.0);
     assert_eq!(at(start - 1), 0.0);
@@ -296,7 +304,11 @@ fn pending_admissions_add_up_per_window_and_are_bounded_per_shard() {
     c.record_at(&label, b"k", &l, 2, start + 9_999);
     assert_eq!(pending(b"k"), Some((170_000_000, 10_000, 5)));
     c.record_at(&label, b"k", &l, 4, start + 10_000);
-    assert_eq!(pending(b"k"), Some((170_000_001, 10_000, 4)), "a new window");
+    assert_eq!(
+        pending(b"k"),
+        Some((170_000_001, 10_000, 4)),
+        "a new window"
+    );
     // the bound: max_keys 1000 over the shards, at least 16 a shard
     let cap = (1000 / SHARDS).max(16);
     let shard = shard_of(&label, b"k");
@@ -309,7 +321,11 @@ fn pending_admissions_add_up_per_window_and_are_bounded_per_shard() {
         c.record_at(&label, k, &l, 1, start);
     }
     assert_eq!(c.pending[shard].lock().unwrap().len(), cap);
-    assert_eq!(pending(same_shard.last().unwrap()), None, "over the bound: local only");
+    assert_eq!(
+        pending(same_shard.last().unwrap()),
+        None,
+        "over the bound: local only"
+    );
 }
 
 async fn redis_pttl(port: u16, key: &str) -> i64 {
@@ -341,7 +357,10 @@ async fn a_sync_across_windows_keeps_the_previous_window_and_forgets_old_ones() 
     a.record_at(&label, b"k", &l, 2, at(w - 1, 20));
     a.sync_once(false).await.unwrap();
     let ttl = redis_pttl(r.port, &a.redis_key(&label, w - 1, b"k")).await;
-    assert!((per as i64 * 2..=per as i64 * 2 + 1000).contains(&ttl), "ttl {ttl}");
+    assert!(
+        (per as i64 * 2..=per as i64 * 2 + 1000).contains(&ttl),
+        "ttl {ttl}"
+    );
     assert!((a.others_estimate_at(&label, b"k", &l, at(w - 1, 30)) - 5.0).abs() < 1e-3);
     // this window: a admits 1; b's 5 are now the previous window's, a's own 2 set apart
     a.record_at(&label, b"k", &l, 1, at(w, 10));

@@ -507,7 +507,10 @@ fn an_unknown_tier_is_logged_once_and_the_names_kept_are_bounded() {
         assert!(first_sighting(&mut seen, &format!("made-up-{i}")));
     }
     assert_eq!(seen.len(), 1024);
-    assert!(!first_sighting(&mut seen, "one-too-many"), "the set stops at 1,024");
+    assert!(
+        !first_sighting(&mut seen, "one-too-many"),
+        "the set stops at 1,024"
+    );
     assert_eq!(seen.len(), 1024);
 }
 
@@ -525,18 +528,28 @@ fn with_cluster(block: &str) -> RateLimitsConfig {
 fn a_cluster_block_is_checked_and_kept_across_reloads_while_unchanged() {
     let (rl, problems) = build_with(&with_cluster("{ redis: \"http://127.0.0.1:6379\" }"), None);
     assert!(rl.cluster.is_none());
-    assert_eq!(problems, ["rate_limits.cluster.redis: must be a redis:// URL"]);
+    assert_eq!(
+        problems,
+        ["rate_limits.cluster.redis: must be a redis:// URL"]
+    );
     let (rl, problems) = build_with(
         &with_cluster("{ redis: \"redis://127.0.0.1:6379\", sync_interval: 0ms }"),
         None,
     );
     assert!(rl.cluster.is_none());
-    assert_eq!(problems, ["rate_limits.cluster.sync_interval: must be above 0"]);
-    let (first, problems) = build_with(&with_cluster("{ redis: \"redis://127.0.0.1:6379\" }"), None);
+    assert_eq!(
+        problems,
+        ["rate_limits.cluster.sync_interval: must be above 0"]
+    );
+    let (first, problems) =
+        build_with(&with_cluster("{ redis: \"redis://127.0.0.1:6379\" }"), None);
     assert!(problems.is_empty(), "{problems:?}");
     let c1 = cluster_of(&first).clone();
     assert_eq!(c1.config.redis, "redis://127.0.0.1:6379");
-    let (tls, problems) = build_with(&with_cluster("{ redis: \"rediss://127.0.0.1:6380\" }"), None);
+    let (tls, problems) = build_with(
+        &with_cluster("{ redis: \"rediss://127.0.0.1:6380\" }"),
+        None,
+    );
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(cluster_of(&tls).config.redis, "rediss://127.0.0.1:6380");
     // unchanged: the same cluster (its sync task and counters) goes on; changed: a new one
@@ -590,6 +603,9 @@ fn the_fleet_cluster_is_kept_only_while_settings_endpoints_and_ca_are_unchanged(
         format!("{{ {base}, tls_ca_file: /etc/ssl/fleet-ca.pem }}"),
     ] {
         let next = build_fleet(&fleet(&changed), Some(&first));
-        assert!(!Arc::ptr_eq(&c1, cluster_of(&next)), "{changed}: a new cluster");
+        assert!(
+            !Arc::ptr_eq(&c1, cluster_of(&next)),
+            "{changed}: a new cluster"
+        );
     }
 }

@@ -402,8 +402,14 @@ mod tests {
             find(&r, "api.example.com", "/x", Method::POST),
             Lookup::MethodNotAllowed(Methods::parse(&["GET".to_string()]).unwrap())
         );
-        assert_eq!(find(&r, "api.example.com", "/x", Method::GET), Lookup::Found(0));
-        assert_eq!(find(&r, "b.example.com", "/x", Method::POST), Lookup::Found(1));
+        assert_eq!(
+            find(&r, "api.example.com", "/x", Method::GET),
+            Lookup::Found(0)
+        );
+        assert_eq!(
+            find(&r, "b.example.com", "/x", Method::POST),
+            Lookup::Found(1)
+        );
         assert_eq!(find(&r, "other.test", "/x", Method::POST), Lookup::Found(2));
     }
 

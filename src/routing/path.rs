@@ -215,7 +215,10 @@ mod tests {
 
     #[test]
     fn each_error_says_what_is_wrong_with_the_path() {
-        assert_eq!(PathError::Malformed.message(), "the request path is malformed");
+        assert_eq!(
+            PathError::Malformed.message(),
+            "the request path is malformed"
+        );
         assert!(PathError::BadEscape.message().contains("percent-encoding"));
         assert!(PathError::EscapesRoot.message().contains("above the root"));
         assert!(PathError::EscapedSlash.message().contains("%2F"));
