@@ -73,14 +73,15 @@ fn hourly() -> Limiter {
     Limiter::new(100, Duration::from_secs(3600), 64)
 }
 
-async fn redis_get(port: u16, key: &str) -> Option<u64> {
+/// `CMD key` against the test's Redis.
+async fn redis_ask<T: redis::FromRedisValue>(port: u16, cmd: &str, key: &str) -> T {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
     let mut c = client.get_multiplexed_tokio_connection().await.unwrap();
-    redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut c)
-        .await
-        .unwrap()
+    redis::cmd(cmd).arg(key).query_async(&mut c).await.unwrap()
+}
+
+async fn redis_get(port: u16, key: &str) -> Option<u64> {
+    redis_ask(port, "GET", key).await
 }
 
 #[tokio::test]
@@ -328,16 +329,6 @@ fn pending_admissions_add_up_per_window_and_are_bounded_per_shard() {
     );
 }
 
-async fn redis_pttl(port: u16, key: &str) -> i64 {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-    let mut c = client.get_multiplexed_tokio_connection().await.unwrap();
-    redis::cmd("PTTL")
-        .arg(key)
-        .query_async(&mut c)
-        .await
-        .unwrap()
-}
-
 /// A sync across a window boundary: the counter of each window expires two windows (and a
 /// second) after it was written; this instance's own count of the window before is set
 /// apart from the others', and an entry whose window is over is forgotten. Day-long windows:
@@ -356,7 +347,7 @@ async fn a_sync_across_windows_keeps_the_previous_window_and_forgets_old_ones() 
     b.sync_once(false).await.unwrap();
     a.record_at(&label, b"k", &l, 2, at(w - 1, 20));
     a.sync_once(false).await.unwrap();
-    let ttl = redis_pttl(r.port, &a.redis_key(&label, w - 1, b"k")).await;
+    let ttl: i64 = redis_ask(r.port, "PTTL", &a.redis_key(&label, w - 1, b"k")).await;
     assert!(
         (per as i64 * 2..=per as i64 * 2 + 1000).contains(&ttl),
         "ttl {ttl}"
