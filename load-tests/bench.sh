@@ -37,6 +37,8 @@
 #                            bench route does for every request; 0: it does not
 #   LOAD_PCT [50]            latency mode: offered rate as % of nginx's measured max
 #   RATE                     latency mode: fixed offered rate instead of LOAD_PCT
+#   RATE_TOOL                latency mode: hey or oha to use that generator; by default
+#                            wrk2 if installable, else k6
 #   BUILD [0]                1: build the binaries (cargo build --release) even if they exist
 #   KEEP_TMP [0]             1: keep the temp dir (confs, logs) after the run
 #
@@ -643,6 +645,12 @@ throughput() {
 # Latency mode: open loop at a fixed rate, same rate for every proxy
 
 ensure_rate_tool() {
+  # RATE_TOOL=hey: Debian's hey, `-c N -q R/N` (a per-worker rate: each worker waits for its
+  # answer before the next request, so a slow answer delays the next send instead of queueing)
+  if [ "${RATE_TOOL:-}" = hey ] && command -v hey >/dev/null 2>&1; then return; fi
+  # RATE_TOOL=oha (`cargo install oha`): `-q R` over -c connections, with
+  # --latency-correction (a late send is timed from when it was due)
+  if [ "${RATE_TOOL:-}" = oha ] && command -v oha >/dev/null 2>&1; then return; fi
   if command -v wrk2 >/dev/null 2>&1; then RATE_TOOL=wrk2; return; fi
   if apt-cache policy wrk2 2>/dev/null | grep -q 'Candidate: [0-9]'; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk2 && { RATE_TOOL=wrk2; return; }
@@ -662,6 +670,30 @@ run_rate() {
       printf "BENCH_LATENCY rate_target=%d rate_achieved=%.1f requests=%d dropped=n/a failed=%d p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f",
         r, v["rps"], v["requests"], v["non2xx"] + v["connect_err"] + v["read_err"] + v["write_err"] + v["timeouts"],
         v["p50_us"] / 1000, v["p90_us"] / 1000, v["p99_us"] / 1000, v["p999_us"] / 1000, v["max_us"] / 1000 }' || true)
+  elif [ "$RATE_TOOL" = oha ]; then
+    out=$(timeout $((DUR_S + 30)) taskset -c "$LOAD_CPU" oha -z "$DURATION" -c "$CONNECTIONS" -q "$rate" \
+      --latency-correction --no-tui --output-format json -H "x-api-key: $API_KEY" "${URL[$name]}" 2>&1) || true
+    L_LINE=$(python3 -c '
+import json, sys
+d = json.loads(sys.stdin.read()); s = d["summary"]; p = d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {}); ok = int(codes.get("200", 0))
+bad = sum(int(v) for k, v in codes.items() if k != "200") + sum(int(v) for v in d.get("errorDistribution", {}).values())
+ms = lambda k: (p.get(k) or 0) * 1000
+print("BENCH_LATENCY rate_target=%s rate_achieved=%.1f requests=%d dropped=n/a failed=%d p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f" % (
+    sys.argv[1], s["requestsPerSec"], ok + bad, bad, ms("p50"), ms("p90"), ms("p99"), ms("p99.9"), (s.get("slowest") or 0) * 1000))
+' "$rate" <<<"$out" 2>/dev/null || true)
+  elif [ "$RATE_TOOL" = hey ]; then
+    local q
+    q=$(awk -v r="$rate" -v c="$CONNECTIONS" 'BEGIN { printf "%.3f", r / c }')
+    out=$(timeout $((DUR_S + 30)) taskset -c "$LOAD_CPU" hey -z "$DURATION" -c "$CONNECTIONS" -q "$q" \
+      -H "x-api-key: $API_KEY" "${URL[$name]}" 2>&1) || true
+    L_LINE=$(awk -v r="$rate" '
+      /Requests\/sec:/ { rps = $2 }
+      /^  (50|90|99)% in/ { gsub("%", "", $1); p[$1] = $3 * 1000 }
+      /^  \[200\]/ { ok = $2 }
+      /^  \[[0-9]+\]/ && !/^  \[200\]/ { bad += $2 }
+      END { printf "BENCH_LATENCY rate_target=%d rate_achieved=%.1f requests=%d dropped=n/a failed=%d p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f p999_ms=n/a max_ms=n/a",
+        r, rps, ok + bad, bad, p[50], p[90], p[99] }' <<<"$out" || true)
   else
     out=$(K6_NO_USAGE_REPORT=true timeout $((DUR_S + 60)) taskset -c "$LOAD_CPU" k6 run --quiet \
       --address "" -e URL="${URL[$name]}" -e RATE="$rate" -e DURATION="$DURATION" \
