@@ -647,10 +647,13 @@ throughput() {
 ensure_rate_tool() {
   # RATE_TOOL=hey: Debian's hey, `-c N -q R/N` (a per-worker rate: each worker waits for its
   # answer before the next request, so a slow answer delays the next send instead of queueing)
-  if [ "${RATE_TOOL:-}" = hey ] && command -v hey >/dev/null 2>&1; then return; fi
   # RATE_TOOL=oha (`cargo install oha`): `-q R` over -c connections, with
   # --latency-correction (a late send is timed from when it was due)
-  if [ "${RATE_TOOL:-}" = oha ] && command -v oha >/dev/null 2>&1; then return; fi
+  case "${RATE_TOOL:-}" in
+    hey | oha) command -v "$RATE_TOOL" >/dev/null 2>&1 || die "RATE_TOOL=$RATE_TOOL: $RATE_TOOL is not installed"; return ;;
+    "") ;;
+    *) die "RATE_TOOL must be hey or oha (or unset for wrk2/k6), got '$RATE_TOOL'" ;;
+  esac
   if command -v wrk2 >/dev/null 2>&1; then RATE_TOOL=wrk2; return; fi
   if apt-cache policy wrk2 2>/dev/null | grep -q 'Candidate: [0-9]'; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk2 && { RATE_TOOL=wrk2; return; }
@@ -743,15 +746,14 @@ latency() {
   say "## summary: p99 at a constant $rate rps (median of $ROUNDS round(s), $DURATION each, $RATE_TOOL)"
   say "$(printf '%-14s %10s %10s %10s %10s %10s  %s' proxy achieved p50_ms p99_ms dropped failed valid)"
   local bound=0 ach valid held=0
+  # The run only measures a proxy if the generator really offered the rate to it (97 %).
+  offered() { [ -n "${LP99[$1]:-}" ] && awk -v a="$(median ${LACH[$1]})" -v r="$rate" 'BEGIN { exit !(a >= 0.97 * r) }'; }
   # If the generator held the rate for one proxy, a shortfall elsewhere is that proxy's own.
-  for p in $PROXIES; do
-    [ -n "${LP99[$p]:-}" ] && awk -v a="$(median ${LACH[$p]})" -v r="$rate" 'BEGIN { exit !(a >= 0.97 * r) }' && held=1
-  done
+  for p in $PROXIES; do offered "$p" && held=1; done
   for p in $PROXIES; do
     if [ -n "${LP99[$p]:-}" ]; then
       ach=$(median ${LACH[$p]})
-      # The run only measures the proxy if the generator really offered the rate.
-      if awk -v a="$ach" -v r="$rate" 'BEGIN { exit !(a >= 0.97 * r) }'; then
+      if offered "$p"; then
         valid=yes
       elif [ "$held" = 1 ]; then
         valid=PROXY-SATURATED
