@@ -29,7 +29,7 @@ pub fn target(config: &Path, redis: &[String], prefix: Option<&str>) -> Result<T
         });
     }
     let src = crate::config::load_file(config).map_err(|e| e.to_string())?;
-    let c = src.config.cluster.ok_or_else(|| {
+    let c = src.config.cluster.clone().ok_or_else(|| {
         format!(
             "{}: no `cluster` block; give the Redis with --redis",
             config.display()

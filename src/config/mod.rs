@@ -122,8 +122,9 @@ fn join_path(scope: &str, path: String) -> String {
 /// A parsed config together with what is needed to report problems in it.
 pub struct Source {
     pub file: String,
-    pub config: Config,
-    text: String,
+    /// Shared with the snapshot built from it: a reload does not copy the parsed config.
+    pub config: std::sync::Arc<Config>,
+    text: std::sync::Arc<str>,
     /// Built only when a problem needs a line number (it costs a second parse).
     index: std::sync::OnceLock<LineIndex>,
 }
@@ -132,6 +133,11 @@ impl Source {
     /// The file's text as loaded.
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// The file's text, shared.
+    pub fn shared_text(&self) -> std::sync::Arc<str> {
+        self.text.clone()
     }
 
     pub fn index(&self) -> &LineIndex {
@@ -321,8 +327,8 @@ pub fn parse_str(file: &str, text: &str) -> Result<Source, ConfigErrors> {
     };
     Ok(Source {
         file: file.to_string(),
-        config,
-        text: text.to_string(),
+        config: std::sync::Arc::new(config),
+        text: text.into(),
         index: std::sync::OnceLock::new(),
     })
 }

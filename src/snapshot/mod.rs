@@ -42,7 +42,7 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
     /// The config file's text as loaded (for `GET /admin/config`, redacted there).
     pub config_text: Arc<str>,
-    pub config: Config,
+    pub config: Arc<Config>,
 }
 
 pub enum Target {
@@ -180,7 +180,7 @@ pub fn build_with(
         escaped_slashes: server.escaped_slashes,
         header_policy,
         warnings,
-        config_text: src.text().into(),
-        config: cfg.clone(),
+        config_text: src.shared_text(),
+        config: src.config.clone(),
     })
 }

@@ -353,11 +353,14 @@ where
                         downstream_session.session_type()
                     );
                     // PORTCULLIS PATCH (3): the application may shape this 400
+                    // PORTCULLIS PATCH (idle connection memory): the error paths' futures are
+                    // boxed here and below, so this future, which an idle keep-alive connection
+                    // holds while it waits, has no room for them.
                     let sent = match self.inner.invalid_request_response(&e) {
                         Some((resp, body)) => {
-                            downstream_session.write_error_response(resp, body).await
+                            Box::pin(downstream_session.write_error_response(resp, body)).await
                         }
-                        None => downstream_session.respond_error(400).await,
+                        None => Box::pin(downstream_session.respond_error(400)).await,
                     };
                     sent.unwrap_or_else(|e| {
                         error!("failed to send error response to downstream: {e}");
@@ -369,7 +372,7 @@ where
                         downstream_session.session_type()
                     );
                 }
-                downstream_session.shutdown().await;
+                Box::pin(downstream_session.shutdown()).await;
                 return None;
             }
         }
@@ -389,13 +392,12 @@ where
             .is_some_and(|opts| opts.allow_connect_method_proxying)
             && downstream_session.req_header().method == Method::CONNECT
         {
-            downstream_session
-                .respond_error(405)
+            Box::pin(downstream_session.respond_error(405))
                 .await
                 .unwrap_or_else(|e| {
                     error!("failed to send error response to downstream: {e}");
                 });
-            downstream_session.shutdown().await;
+            Box::pin(downstream_session.shutdown()).await;
             return None;
         }
         Some(downstream_session)

@@ -257,6 +257,58 @@ pub trait HttpServerApp {
     }
 }
 
+/// PORTCULLIS PATCH (idle connection memory): the HTTP/2 branch of
+/// [`ServerApp::process_new`] for an [`HttpServerApp`], moved out unchanged so that it can be
+/// boxed.
+async fn serve_h2<T>(app: &Arc<T>, stream: Stream, shutdown: &ShutdownWatch)
+where
+    T: HttpServerApp + Send + Sync + 'static,
+{
+    // create a shared connection digest
+    let digest = Arc::new(Digest {
+        ssl_digest: stream.get_ssl_digest(),
+        // TODO: log h2 handshake time
+        timing_digest: stream.get_timing_digest(),
+        proxy_digest: stream.get_proxy_digest(),
+        socket_digest: stream.get_socket_digest(),
+    });
+
+    let h2_options = app.h2_options();
+    let h2_conn = match server::handshake(stream, h2_options).await {
+        Err(e) => {
+            error!("H2 handshake error {e}");
+            return;
+        }
+        Ok(c) => c,
+    };
+
+    // The accept-loop body — including the graceful-shutdown state
+    // machine — lives in `server::accept_downstream_sessions` so that
+    // the same code path is exercised by tests in `protocols::http::v2`.
+    let app = app.clone();
+    let shutdown_for_session = shutdown.clone();
+    let h2_idle_timeout = app.server_options().and_then(|o| o.h2_idle_timeout);
+    server::accept_downstream_sessions(
+        h2_conn,
+        digest,
+        shutdown.clone(),
+        h2_idle_timeout,
+        |h2_stream, guard| {
+            let app = app.clone();
+            let shutdown = shutdown_for_session.clone();
+            pingora_runtime::current_handle().spawn(async move {
+                // hold `guard` for the session's lifetime so the accept
+                // loop's idle timeout sees this connection as busy.
+                let _guard = guard;
+                // Note, `PersistentSettings` not currently relevant for h2
+                app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
+                    .await;
+            });
+        },
+    )
+    .await;
+}
+
 #[async_trait]
 impl<T> ServerApp for T
 where
@@ -297,49 +349,10 @@ where
             }
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // create a shared connection digest
-            let digest = Arc::new(Digest {
-                ssl_digest: stream.get_ssl_digest(),
-                // TODO: log h2 handshake time
-                timing_digest: stream.get_timing_digest(),
-                proxy_digest: stream.get_proxy_digest(),
-                socket_digest: stream.get_socket_digest(),
-            });
-
-            let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
-                Err(e) => {
-                    error!("H2 handshake error {e}");
-                    return None;
-                }
-                Ok(c) => c,
-            };
-
-            // The accept-loop body — including the graceful-shutdown state
-            // machine — lives in `server::accept_downstream_sessions` so that
-            // the same code path is exercised by tests in `protocols::http::v2`.
-            let app = self.clone();
-            let shutdown_for_session = shutdown.clone();
-            let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
-            server::accept_downstream_sessions(
-                h2_conn,
-                digest,
-                shutdown.clone(),
-                h2_idle_timeout,
-                |h2_stream, guard| {
-                    let app = app.clone();
-                    let shutdown = shutdown_for_session.clone();
-                    pingora_runtime::current_handle().spawn(async move {
-                        // hold `guard` for the session's lifetime so the accept
-                        // loop's idle timeout sees this connection as busy.
-                        let _guard = guard;
-                        // Note, `PersistentSettings` not currently relevant for h2
-                        app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
-                            .await;
-                    });
-                },
-            )
-            .await;
+            // PORTCULLIS PATCH (idle connection memory): the HTTP/2 handshake and accept loop
+            // are boxed, so the state of every HTTP/1 connection, which this future holds for
+            // as long as the connection lives, no longer has room for them.
+            Box::pin(serve_h2(self, stream, shutdown)).await;
         } else if custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {

@@ -29,6 +29,7 @@ use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -160,6 +161,35 @@ pub struct HttpSession {
     pipelined_idle_bytes_stashed: bool,
 }
 
+/// PORTCULLIS PATCH (idle buffer): `read_buf` into a request-header buffer that is allocated
+/// (`INIT_HEADER_BUF_SIZE`) only when the read is polled, and freed again when the read has to
+/// wait while the buffer is still empty. A keep-alive connection waiting for its next request
+/// then holds no header buffer; a connection whose bytes are already there allocates once, as
+/// before. A buffer that holds part of a header is kept while it waits.
+pub(crate) struct ReadIntoLazyBuf<'a, S: ?Sized> {
+    pub(crate) stream: &'a mut S,
+    pub(crate) buf: &'a mut BytesMut,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin + ?Sized> Future for ReadIntoLazyBuf<'_, S> {
+    type Output = std::io::Result<usize>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.buf.capacity() == 0 {
+            this.buf.reserve(INIT_HEADER_BUF_SIZE);
+        }
+        let polled = std::pin::pin!(this.stream.read_buf(&mut *this.buf)).poll(cx);
+        if polled.is_pending() && this.buf.is_empty() {
+            *this.buf = BytesMut::new();
+        }
+        polled
+    }
+}
+
 impl HttpSession {
     /// Create a new http server session from an established (TCP or TLS) [`Stream`].
     /// The created session needs to call [`Self::read_request()`] first before performing
@@ -215,7 +245,12 @@ impl HttpSession {
         already_read: usize,
     ) -> Result<Option<usize>> {
         let read_result = {
-            let read_event = self.underlying_stream.read_buf(buf);
+            // PORTCULLIS PATCH (idle buffer): the header buffer is allocated when the read is
+            // polled and freed again while it waits, instead of being held by an idle connection.
+            let read_event = ReadIntoLazyBuf {
+                stream: &mut self.underlying_stream,
+                buf,
+            };
             match self.keepalive_timeout {
                 KeepaliveStatus::Timeout(d) => match timeout(d, read_event).await {
                     Ok(res) => res,
@@ -300,7 +335,8 @@ impl HttpSession {
             .pipelined_prefix
             .take()
             .filter(|prefix| !prefix.is_empty())
-            .unwrap_or_else(|| BytesMut::with_capacity(INIT_HEADER_BUF_SIZE));
+            // PORTCULLIS PATCH (idle buffer): no capacity yet, see `ReadIntoLazyBuf`
+            .unwrap_or_default();
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
