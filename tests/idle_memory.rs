@@ -15,7 +15,6 @@ use std::task::Poll;
 
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::apps::ServerApp;
-use pingora_core::protocols::http::v1::server::HttpSession;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream;
 use tokio::io::AsyncWriteExt;
@@ -71,9 +70,9 @@ async fn connected() -> (TcpStream, TcpStream) {
 }
 
 /// A server session over one end of a real TCP connection, and the client end.
-async fn connected_session() -> (HttpSession, TcpStream) {
+async fn connected_session() -> (ServerSession, TcpStream) {
     let (server, client) = connected().await;
-    let mut session = HttpSession::new(Box::new(Stream::from(server)));
+    let mut session = ServerSession::new_http1(Box::new(Stream::from(server)));
     session.set_keepalive(Some(60));
     (session, client)
 }
@@ -88,6 +87,15 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn a_connection_waiting_for_its_next_request_holds_no_header_buffer() {
     runtime().block_on(async {
+        // One request read first, on another connection: the keep-alive timer's per-thread
+        // structures are made on first use and stay, they are not the connection's.
+        let (mut first, mut first_client) = connected_session().await;
+        first_client
+            .write_all(b"GET /first HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            .await
+            .expect("write");
+        assert!(first.read_request().await.expect("the first request reads"));
+
         let (mut session, mut client) = connected_session().await;
         let got = {
             let before = live();
@@ -97,8 +105,9 @@ fn a_connection_waiting_for_its_next_request_holds_no_header_buffer() {
                 "no request was sent yet"
             );
             let held = live() - before;
-            // Without the patch the session holds its 4,096-byte header buffer here (measured:
-            // 4,096 more than with it). What remains is the keep-alive timer's entry.
+            // Without the patch the session holds its 4,096-byte header buffer here (measured
+            // 2026-12-03: 4,696 bytes held without it, 600 with it: the keep-alive timer's
+            // entry and the read's registration).
             assert!(
                 held < 1024,
                 "a waiting read holds {held} bytes of heap; the 4 KiB header buffer is one of them"
@@ -109,7 +118,7 @@ fn a_connection_waiting_for_its_next_request_holds_no_header_buffer() {
                 .expect("write");
             read.await.expect("the request reads")
         };
-        assert!(got.is_some(), "a request was sent");
+        assert!(got, "a request was sent");
         assert_eq!(session.req_header().uri.path(), "/next");
     });
 }
@@ -147,7 +156,7 @@ fn a_header_that_arrives_in_pieces_is_kept_while_the_rest_is_awaited() {
             "the header was complete before its second piece"
         );
         assert!(
-            got.expect("the request reads").is_some(),
+            got.expect("the request reads"),
             "a request was sent"
         );
         assert_eq!(session.req_header().uri.path(), "/split");
@@ -175,7 +184,7 @@ fn a_client_that_closes_while_idle_ends_the_session_quietly() {
         let got = read
             .await
             .expect("a close between requests is not an error");
-        assert!(got.is_none(), "no request: the connection ended");
+        assert!(!got, "no request: the connection ended");
     });
 }
 
@@ -200,11 +209,11 @@ fn an_http1_connection_holds_no_room_for_http2() {
         // keep-alive time included: an HTTP/1 connection's is allocated at this size.
         let serve = ServerApp::process_new(&app, Box::new(Stream::from(server)), &shutdown);
         let size = std::mem::size_of_val(&*serve);
-        // With the HTTP/2 handshake and accept loop inline it is 4 KiB and more (the 4,096-byte
-        // jemalloc class, one per idle connection, in a release build, 2026-12-03); boxed,
-        // the HTTP/1 state is a few hundred bytes.
+        // With the HTTP/2 handshake and accept loop inline it is 3,824 bytes in this (debug)
+        // build and takes the 4,096-byte jemalloc class in a release build, one per idle
+        // connection; boxed, 1,608 bytes (2026-12-03, measured with and without the patch).
         assert!(
-            size < 1024,
+            size < 2560,
             "the per-connection future is {size} bytes: the HTTP/2 branch is back inline"
         );
     });
@@ -243,10 +252,11 @@ fn a_proxied_connection_waiting_for_its_next_request_holds_a_small_state() {
         );
         let size = std::mem::size_of_val(&*serve);
         // With the 400/405 answers and the shutdown of a refused request inline it is sized
-        // for them (the 3,072-byte jemalloc class per idle connection in a release build,
-        // 2026-12-03); boxed, the reading state is what is left.
+        // for them: 3,072 bytes in this (debug) build, the 3,072-byte jemalloc class per idle
+        // connection in a release build; boxed, 2,120 bytes (2026-12-03, measured with and
+        // without the patch).
         assert!(
-            size < 2048,
+            size < 2560,
             "the keep-alive future is {size} bytes: an error path is back inline"
         );
     });
