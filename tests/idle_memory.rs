@@ -155,10 +155,7 @@ fn a_header_that_arrives_in_pieces_is_kept_while_the_rest_is_awaited() {
             polls >= 50,
             "the header was complete before its second piece"
         );
-        assert!(
-            got.expect("the request reads"),
-            "a request was sent"
-        );
+        assert!(got.expect("the request reads"), "a request was sent");
         assert_eq!(session.req_header().uri.path(), "/split");
         assert_eq!(
             session
