@@ -180,7 +180,8 @@ impl<S: tokio::io::AsyncRead + Unpin + ?Sized> Future for ReadIntoLazyBuf<'_, S>
     ) -> std::task::Poll<Self::Output> {
         let this = self.get_mut();
         if this.buf.capacity() == 0 {
-            this.buf.reserve(INIT_HEADER_BUF_SIZE);
+            // empty, so nothing is lost; cheaper than `reserve` on an empty buffer
+            *this.buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
         }
         let polled = std::pin::pin!(this.stream.read_buf(&mut *this.buf)).poll(cx);
         if polled.is_pending() && this.buf.is_empty() {
